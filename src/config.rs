@@ -1,0 +1,526 @@
+//! Configuration: the TOML file of SPEC §6, parsed strictly (unknown keys are
+//! errors) into raw serde shapes, then validated once into [`Settings`].
+//!
+//! Cold module. Every error carries the line and column of the offending
+//! value. Hot modules never see these raw shapes: they receive the validated
+//! [`Settings`] (behind an `Arc`) and the small value types it holds.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::auth::{KeySecret, Role};
+use crate::hub::topic_name_is_valid;
+
+/// The built-in demo configuration (`sluice serve` without `--config`).
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+/// Most workers a node runs: worker interest in a topic is one bit of a `u64`.
+pub const MAX_WORKERS: usize = 64;
+
+/// A configuration error with its position in the file (1-based).
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+    }
+}
+
+impl ConfigError {
+    fn at(src: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+        let (line, column) = match span {
+            Some(s) => line_col(src, s.start),
+            None => (1, 1),
+        };
+        ConfigError { line, column, message: message.into() }
+    }
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+// ---------------------------------------------------------------- raw shapes
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    auth: RawAuth,
+    tiers: Option<BTreeMap<String, RawTier>>,
+    keys: Vec<RawKey>,
+    topics: Vec<RawTopic>,
+    routes: Vec<RawRoute>,
+    sources: Vec<RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: Spanned<String>,
+    workers: usize,
+    max_connections: usize,
+    retry_ms: u32,
+    heartbeat_s: Spanned<u32>,
+    max_duration_s: u32,
+    max_events: u32,
+    replay: Spanned<usize>,
+    max_body_bytes: usize,
+    cors_origins: Vec<String>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: Spanned::new(0..0, "127.0.0.1:8080".into()),
+            workers: 0,
+            max_connections: 200_000,
+            retry_ms: 3000,
+            heartbeat_s: Spanned::new(0..0, 15),
+            max_duration_s: 1800,
+            max_events: 10_000,
+            replay: Spanned::new(0..0, 1024),
+            max_body_bytes: 1 << 20,
+            cors_origins: vec!["*".into()],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    required: bool,
+    anonymous_tier: Spanned<String>,
+    token_secret: String,
+    token_ttl_s: u32,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            required: true,
+            anonymous_tier: Spanned::new(0..0, "business".into()),
+            token_secret: String::new(),
+            token_ttl_s: 60,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    coalesce_ms: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: Spanned<String>,
+    key: Option<String>,
+    key_sha256: Option<Spanned<String>>,
+    tier: Spanned<String>,
+    #[serde(default = "default_role")]
+    role: Spanned<String>,
+    #[serde(default)]
+    max_connections: u32,
+    #[serde(default = "default_patterns")]
+    topics: Vec<Spanned<String>>,
+}
+
+fn default_role() -> Spanned<String> {
+    Spanned::new(0..0, "subscriber".into())
+}
+
+fn default_patterns() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "*".into())]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopic {
+    pattern: Spanned<String>,
+    #[serde(default = "default_event")]
+    event: Spanned<String>,
+    #[serde(default)]
+    key: Vec<String>,
+    #[serde(default)]
+    history: usize,
+    tiers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    filters: BTreeMap<String, String>,
+}
+
+fn default_event() -> Spanned<String> {
+    Spanned::new(0..0, "update".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: Spanned<String>,
+    topic: Spanned<String>,
+    #[serde(rename = "match", default)]
+    fixed: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: Spanned<String>,
+}
+
+// ---------------------------------------------------------------- validated
+
+/// Which origins get CORS headers.
+#[derive(Debug, Clone)]
+pub enum Cors {
+    Any,
+    List(Vec<String>),
+}
+
+impl Cors {
+    /// The `Access-Control-Allow-Origin` value for a request's `Origin`, if allowed.
+    pub fn allow<'a>(&self, origin: &'a str) -> Option<&'a str> {
+        match self {
+            Cors::Any => Some(origin),
+            Cors::List(list) => list.iter().any(|o| o == origin).then_some(origin),
+        }
+    }
+}
+
+/// A topic pattern: an exact name, a prefix ending in `/*`, or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    Any,
+    Prefix(String),
+    Exact(String),
+}
+
+impl Pattern {
+    pub fn parse(s: &str) -> Option<Pattern> {
+        if s == "*" {
+            Some(Pattern::Any)
+        } else if let Some(prefix) = s.strip_suffix("/*") {
+            topic_name_is_valid(prefix).then(|| Pattern::Prefix(format!("{prefix}/")))
+        } else {
+            topic_name_is_valid(s).then(|| Pattern::Exact(s.to_string()))
+        }
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Prefix(p) => topic.len() > p.len() && topic.starts_with(p.as_str()),
+            Pattern::Exact(e) => e == topic,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: String,
+    pub coalesce_ms: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub name: String,
+    pub secret: KeySecret,
+    pub tier: usize,
+    pub role: Role,
+    pub max_connections: u32,
+    pub topics: Vec<Pattern>,
+}
+
+/// What a `[[topics]]` entry says about the topics it matches.
+#[derive(Debug, Clone)]
+pub struct TopicRule {
+    pub pattern: Pattern,
+    pub event: String,
+    pub key: Vec<String>,
+    pub history: usize,
+    pub tiers: Vec<usize>,
+    /// query parameter → row field
+    pub filters: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: String,
+    pub topic: String,
+    pub fixed: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Demo,
+}
+
+/// The validated configuration. Built once; a reload builds a new one.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub max_connections: usize,
+    pub retry_ms: u32,
+    pub heartbeat_s: u32,
+    pub max_duration_s: u32,
+    pub max_events: u32,
+    pub replay: usize,
+    pub max_body_bytes: usize,
+    pub cors: Cors,
+    pub auth_required: bool,
+    pub anonymous_tier: usize,
+    pub token_secret: Vec<u8>,
+    pub token_ttl_s: u32,
+    pub tiers: Vec<Tier>,
+    pub keys: Vec<Key>,
+    pub topics: Vec<TopicRule>,
+    pub routes: Vec<Route>,
+    pub sources: Vec<SourceKind>,
+}
+
+impl Settings {
+    /// Parses and validates a configuration file's text.
+    pub fn from_toml(src: &str) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(src)
+            .map_err(|e| ConfigError::at(src, e.span(), e.message().to_string()))?;
+        validate(src, raw)
+    }
+
+    /// The first `[[topics]]` rule whose pattern matches `topic`.
+    pub fn topic_rule(&self, topic: &str) -> Option<&TopicRule> {
+        self.topics.iter().find(|r| r.pattern.matches(topic))
+    }
+}
+
+fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
+    let err = |span: Range<usize>, msg: String| ConfigError::at(src, Some(span), msg);
+    let s = raw.server;
+
+    let listen: SocketAddr = s.listen.get_ref().parse().map_err(|_| {
+        err(s.listen.span(), format!("listen: '{}' is not an IP:port address", s.listen.get_ref()))
+    })?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = if s.workers == 0 { cores.min(MAX_WORKERS) } else { s.workers };
+    if workers > MAX_WORKERS {
+        return Err(ConfigError::at(src, None, format!("workers: at most {MAX_WORKERS}")));
+    }
+    if !(1..=30).contains(s.heartbeat_s.get_ref()) {
+        return Err(err(s.heartbeat_s.span(), "heartbeat_s must be 1..30".into()));
+    }
+    if !(16..=1 << 20).contains(s.replay.get_ref()) {
+        return Err(err(s.replay.span(), "replay must be 16..1048576".into()));
+    }
+    let cors = if s.cors_origins.iter().any(|o| o == "*") {
+        Cors::Any
+    } else {
+        Cors::List(s.cors_origins)
+    };
+
+    // Tiers: SPEC's three by default.
+    let tiers: Vec<Tier> = match raw.tiers {
+        Some(map) => map
+            .into_iter()
+            .map(|(name, t)| Tier { name, coalesce_ms: t.coalesce_ms })
+            .collect(),
+        None => vec![
+            Tier { name: "scale".into(), coalesce_ms: 0 },
+            Tier { name: "enterprise".into(), coalesce_ms: 500 },
+            Tier { name: "business".into(), coalesce_ms: 1000 },
+        ],
+    };
+    if tiers.is_empty() {
+        return Err(ConfigError::at(src, None, "at least one tier is needed"));
+    }
+    let tier_index = |name: &Spanned<String>| -> Result<usize, ConfigError> {
+        tiers
+            .iter()
+            .position(|t| t.name == *name.get_ref())
+            .ok_or_else(|| err(name.span(), format!("unknown tier '{}'", name.get_ref())))
+    };
+
+    let a = raw.auth;
+    let anonymous_tier = tier_index(&a.anonymous_tier)?;
+    let token_secret = if a.token_secret.is_empty() {
+        let mut b = vec![0u8; 32];
+        b.iter_mut().for_each(|x| *x = fastrand::u8(..));
+        b
+    } else {
+        a.token_secret.into_bytes()
+    };
+
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    for k in raw.keys {
+        let secret = match (k.key, k.key_sha256) {
+            (Some(plain), None) if !plain.is_empty() => KeySecret::plain(&plain),
+            (None, Some(hex)) => KeySecret::from_sha256_hex(hex.get_ref()).ok_or_else(|| {
+                err(hex.span(), "key_sha256 must be 64 hex digits".into())
+            })?,
+            _ => {
+                return Err(err(
+                    k.name.span(),
+                    format!("key '{}': give exactly one of key or key_sha256", k.name.get_ref()),
+                ));
+            }
+        };
+        let role = Role::parse(k.role.get_ref()).ok_or_else(|| {
+            err(k.role.span(), "role must be subscriber, publisher or admin".into())
+        })?;
+        let topics = parse_patterns(src, &k.topics)?;
+        if keys.iter().any(|o: &Key| o.name == *k.name.get_ref()) {
+            return Err(err(k.name.span(), format!("duplicate key name '{}'", k.name.get_ref())));
+        }
+        keys.push(Key {
+            name: k.name.into_inner(),
+            secret,
+            tier: tier_index(&k.tier)?,
+            role,
+            max_connections: k.max_connections,
+            topics,
+        });
+    }
+
+    let mut topics = Vec::with_capacity(raw.topics.len());
+    for t in raw.topics {
+        let pattern = parse_patterns(src, std::slice::from_ref(&t.pattern))?.remove(0);
+        let ev = t.event.get_ref();
+        if ev.is_empty()
+            || ev.len() > 64
+            || !ev.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(err(t.event.span(), "event must be 1..64 of [A-Za-z0-9_.-]".into()));
+        }
+        let tiers_allowed = match &t.tiers {
+            Some(list) => list.iter().map(tier_index).collect::<Result<Vec<_>, _>>()?,
+            None => (0..tiers.len()).collect(),
+        };
+        topics.push(TopicRule {
+            pattern,
+            event: t.event.into_inner(),
+            key: t.key,
+            history: t.history,
+            tiers: tiers_allowed,
+            filters: t.filters.into_iter().collect(),
+        });
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for r in raw.routes {
+        if !r.path.get_ref().starts_with('/') {
+            return Err(err(r.path.span(), "route path must start with '/'".into()));
+        }
+        routes.push(Route {
+            path: r.path.into_inner(),
+            topic: r.topic.into_inner(),
+            fixed: r.fixed.into_iter().collect(),
+        });
+    }
+
+    let mut sources = Vec::with_capacity(raw.sources.len());
+    for so in raw.sources {
+        match so.kind.get_ref().as_str() {
+            "demo" => sources.push(SourceKind::Demo),
+            other => {
+                return Err(err(
+                    so.kind.span(),
+                    format!("unknown source kind '{other}' (this build has: demo)"),
+                ));
+            }
+        }
+    }
+
+    Ok(Settings {
+        listen,
+        workers,
+        max_connections: s.max_connections,
+        retry_ms: s.retry_ms,
+        heartbeat_s: s.heartbeat_s.into_inner(),
+        max_duration_s: s.max_duration_s,
+        max_events: s.max_events,
+        replay: s.replay.into_inner(),
+        max_body_bytes: s.max_body_bytes,
+        cors,
+        auth_required: a.required,
+        anonymous_tier,
+        token_secret,
+        token_ttl_s: a.token_ttl_s,
+        tiers,
+        keys,
+        topics,
+        routes,
+        sources,
+    })
+}
+
+fn parse_patterns(src: &str, list: &[Spanned<String>]) -> Result<Vec<Pattern>, ConfigError> {
+    list.iter()
+        .map(|p| {
+            Pattern::parse(p.get_ref()).ok_or_else(|| {
+                ConfigError::at(
+                    src,
+                    Some(p.span()),
+                    format!("'{}' is not a topic name, 'prefix/*' or '*'", p.get_ref()),
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_is_valid() {
+        let s = Settings::from_toml(DEMO_CONFIG).expect("demo config validates");
+        assert!(!s.auth_required);
+        assert_eq!(s.sources, vec![SourceKind::Demo]);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_position() {
+        let e = Settings::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
+        assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn unknown_tier_points_at_the_value() {
+        let src = "[[keys]]\nname = \"a\"\nkey = \"k\"\ntier = \"gold\"\n";
+        let e = Settings::from_toml(src).unwrap_err();
+        assert_eq!((e.line, e.column), (4, 8), "{e}");
+        assert!(e.message.contains("unknown tier 'gold'"), "{e}");
+    }
+
+    #[test]
+    fn heartbeat_out_of_range() {
+        let e = Settings::from_toml("[server]\nheartbeat_s = 31\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn patterns() {
+        let p = Pattern::parse("odds/*").unwrap();
+        assert!(p.matches("odds/nba"));
+        assert!(p.matches("odds/nba/live"));
+        assert!(!p.matches("odds"));
+        assert!(!p.matches("oddsx/nba"));
+        assert!(Pattern::parse("*").unwrap().matches("x"));
+        assert!(Pattern::parse("a//b").is_none());
+    }
+}

@@ -1,0 +1,156 @@
+//! The broadcast ring of one topic × tier: a fixed number of slots of
+//! `(pos, seq, frame)`, one writer, any number of readers (one cursor per
+//! worker, never one per connection). It doubles as the replay window for
+//! `Last-Event-ID`.
+//!
+//! Hot module. This is the safe version (tokio's broadcast shape: a lock per
+//! slot, taken uncontended by one worker per frame, never per connection); it
+//! is the baseline any lock-free replacement must beat in `benches/hot.rs`.
+//!
+//! Positions (`pos`) count frames pushed since the ring was made and are dense;
+//! sequence ids (`seq`) are the topic's public ids and may jump. A reader that
+//! asks for a position that has been overwritten gets [`Read::Lagged`] and
+//! must resynchronise from the state table.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use crossbeam_utils::CachePadded;
+
+struct Slot {
+    pos: u64,
+    seq: u64,
+    frame: Bytes,
+}
+
+/// What a read at a position found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The frame at that position and its sequence id.
+    Frame(u64, Bytes),
+    /// Nothing has been written there yet.
+    Empty,
+    /// The position was overwritten: the reader fell a full lap behind.
+    Lagged,
+}
+
+pub struct Ring {
+    slots: Box<[Mutex<Slot>]>,
+    /// Number of frames ever pushed (the next position to write).
+    tail: CachePadded<AtomicU64>,
+}
+
+impl Ring {
+    pub fn new(slots: usize) -> Ring {
+        let slots = (0..slots.max(1))
+            .map(|_| Mutex::new(Slot { pos: u64::MAX, seq: 0, frame: Bytes::new() }))
+            .collect();
+        Ring { slots, tail: CachePadded::new(AtomicU64::new(0)) }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    /// The next position to be written; every position below it is readable
+    /// unless overwritten.
+    pub fn tail(&self) -> u64 {
+        // Acquire pairs with the Release store in `push`: a reader that sees
+        // tail = n also sees the slot contents written for positions < n.
+        self.tail.load(Ordering::Acquire)
+    }
+
+    /// Appends a frame. Callers serialise pushes (the topic's writer lock).
+    pub fn push(&self, seq: u64, frame: Bytes) {
+        // Relaxed: only the single writer (holding the topic lock) stores tail.
+        let pos = self.tail.load(Ordering::Relaxed);
+        {
+            let mut slot = self.lock(pos);
+            slot.pos = pos;
+            slot.seq = seq;
+            slot.frame = frame;
+        }
+        // Release pairs with the Acquire in `tail`.
+        self.tail.store(pos + 1, Ordering::Release);
+    }
+
+    /// Reads the frame at `pos`.
+    pub fn read(&self, pos: u64) -> Read {
+        if pos >= self.tail() {
+            return Read::Empty;
+        }
+        let slot = self.lock(pos);
+        if slot.pos == pos {
+            Read::Frame(slot.seq, slot.frame.clone())
+        } else {
+            Read::Lagged
+        }
+    }
+
+    /// The position of the frame with sequence id `seq`, if it is still in the
+    /// ring. Sequence ids grow with positions, so this is a binary search over
+    /// the live window.
+    pub fn find(&self, seq: u64) -> Option<u64> {
+        let tail = self.tail();
+        let mut lo = tail.saturating_sub(self.capacity());
+        let mut hi = tail;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (slot_pos, slot_seq) = {
+                let s = self.lock(mid);
+                (s.pos, s.seq)
+            };
+            if slot_pos != mid {
+                // overwritten while we searched: the window moved past it
+                lo = mid + 1;
+                continue;
+            }
+            match slot_seq.cmp(&seq) {
+                std::cmp::Ordering::Equal => return Some(mid),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
+    fn lock(&self, pos: u64) -> std::sync::MutexGuard<'_, Slot> {
+        let i = (pos % self.capacity()) as usize;
+        // A poisoned slot only means a reader panicked while cloning a Bytes;
+        // the slot's data is still whole.
+        self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_in_order_and_reports_lag() {
+        let r = Ring::new(4);
+        assert_eq!(r.read(0), Read::Empty);
+        for i in 0..6u64 {
+            r.push(100 + i, Bytes::from(vec![i as u8]));
+        }
+        assert_eq!(r.tail(), 6);
+        assert_eq!(r.read(1), Read::Lagged);
+        assert_eq!(r.read(2), Read::Frame(102, Bytes::from(vec![2u8])));
+        assert_eq!(r.read(5), Read::Frame(105, Bytes::from(vec![5u8])));
+        assert_eq!(r.read(6), Read::Empty);
+    }
+
+    #[test]
+    fn find_only_sees_the_live_window() {
+        let r = Ring::new(4);
+        for seq in [10u64, 20, 30, 40, 50, 60] {
+            r.push(seq, Bytes::new());
+        }
+        assert_eq!(r.find(30), Some(2));
+        assert_eq!(r.find(60), Some(5));
+        assert_eq!(r.find(20), None, "overwritten");
+        assert_eq!(r.find(35), None, "never existed");
+        assert_eq!(r.find(70), None);
+    }
+}

@@ -1,0 +1,74 @@
+//! The `sluice` command line: `serve` (the default), `check-config`, `bench`.
+
+use std::process::ExitCode;
+
+use sluice::config::{DEMO_CONFIG, Settings};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "usage: sluice [serve [--config FILE]] | check-config FILE | bench ...";
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] | ["serve"] => serve(None),
+        ["serve", "--config", file] | ["serve", "-c", file] => serve(Some(file)),
+        ["check-config", file] => match load(file) {
+            Ok(_) => {
+                println!("{file}: ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        ["bench", ..] => {
+            eprintln!("sluice bench: the load generator is not in this build yet");
+            ExitCode::from(1)
+        }
+        ["-h"] | ["--help"] | ["help"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(file: &str) -> Result<Settings, String> {
+    let src = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    Settings::from_toml(&src).map_err(|e| format!("{file}: {e}"))
+}
+
+fn serve(config: Option<&str>) -> ExitCode {
+    let settings = match config {
+        Some(file) => load(file),
+        None => Settings::from_toml(DEMO_CONFIG).map_err(|e| format!("built-in demo config: {e}")),
+    };
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match sluice::server::run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! HTTP/1.1 requests (httparse into a capped buffer) and plain responses.
+//!
+//! Hot for request parsing (once per request, never per event). Limits are
+//! the named constants below: a head larger than `MAX_HEAD_BYTES` or with more
+//! than `MAX_HEADERS` headers is 431; a malformed head is 400. Parsing copies
+//! the few things a handler needs out of the buffer, so the read buffer can be
+//! dropped as soon as a stream starts.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::config::Cors;
+use crate::sse;
+
+/// Largest request head (request line and headers), in bytes.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most headers one request may carry.
+pub const MAX_HEADERS: usize = 48;
+/// Longest request target (path and query), in bytes.
+pub const MAX_TARGET_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Options,
+    Other,
+}
+
+/// A parsed request head, owning what handlers need.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    /// Percent-decoded path, without the query.
+    pub path: String,
+    /// Percent-decoded query pairs, in order.
+    pub query: Vec<(String, String)>,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
+    pub content_length: Option<usize>,
+    pub chunked: bool,
+    pub keep_alive: bool,
+    /// Bytes of the head in the buffer (the body starts there).
+    pub head_len: usize,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a request head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpError {
+    /// 400: not HTTP/1.x, bad syntax, bad Content-Length.
+    Malformed(&'static str),
+    /// 431: too many headers, or a head over `MAX_HEAD_BYTES`.
+    HeadersTooLarge,
+}
+
+/// Parses a request head from the start of `buf`: `Ok(None)` when more bytes
+/// are needed.
+pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD_BYTES { Err(HttpError::HeadersTooLarge) } else { Ok(None) };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+        Err(_) => return Err(HttpError::Malformed("malformed HTTP request")),
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(HttpError::HeadersTooLarge);
+    }
+    let method = match req.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "OPTIONS" => Method::Options,
+        _ => Method::Other,
+    };
+    let target = req.path.unwrap_or("/");
+    if target.len() > MAX_TARGET_BYTES {
+        return Err(HttpError::HeadersTooLarge);
+    }
+    let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
+    let path = percent_decode(raw_path, false).ok_or(HttpError::Malformed("bad percent-encoding in path"))?;
+    let mut query = Vec::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k, true).ok_or(HttpError::Malformed("bad percent-encoding in query"))?;
+        let v = percent_decode(v, true).ok_or(HttpError::Malformed("bad percent-encoding in query"))?;
+        query.push((k, v));
+    }
+
+    let http10 = req.version == Some(0);
+    let mut keep_alive = !http10;
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut owned = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value).map_err(|_| HttpError::Malformed("header value is not UTF-8"))?;
+        let value = value.trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n: usize = value.parse().map_err(|_| HttpError::Malformed("bad Content-Length"))?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if value.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            } else {
+                return Err(HttpError::Malformed("unsupported Transfer-Encoding"));
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if value.eq_ignore_ascii_case("close") {
+                keep_alive = false;
+            } else if value.eq_ignore_ascii_case("keep-alive") {
+                keep_alive = true;
+            }
+        }
+        owned.push((h.name.to_string(), value.to_string()));
+    }
+    if chunked && content_length.is_some() {
+        return Err(HttpError::Malformed("both Content-Length and Transfer-Encoding"));
+    }
+    Ok(Some(Request { method, path, query, headers: owned, content_length, chunked, keep_alive, head_len }))
+}
+
+/// Decodes `%XX` (and `+` as space in queries). `None` on a bad escape or
+/// on bytes that are not UTF-8.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+    if !s.bytes().any(|b| b == b'%' || (plus_is_space && b == b'+')) {
+        return Some(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hi = (hex[0] as char).to_digit(16)?;
+                let lo = (hex[1] as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// State of a chunked body decoder over a growing buffer.
+pub enum Chunked {
+    /// The decoded body, and the bytes of input it used.
+    Done(Vec<u8>, usize),
+    Partial,
+    TooLarge,
+    Malformed,
+}
+
+/// Decodes a whole `Transfer-Encoding: chunked` body from `buf`, if complete.
+pub fn decode_chunked(buf: &[u8], limit: usize) -> Chunked {
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        let Some(nl) = buf[i..].windows(2).position(|w| w == b"\r\n") else {
+            return if buf.len() - i > 64 { Chunked::Malformed } else { Chunked::Partial };
+        };
+        let line = &buf[i..i + nl];
+        let size_hex = line.split(|&b| b == b';').next().unwrap_or(b"");
+        let Some(size) = std::str::from_utf8(size_hex)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+        else {
+            return Chunked::Malformed;
+        };
+        i += nl + 2;
+        if size == 0 {
+            // trailers: skip header lines until an empty line
+            loop {
+                let Some(nl) = buf[i..].windows(2).position(|w| w == b"\r\n") else {
+                    return Chunked::Partial;
+                };
+                i += nl + 2;
+                if nl == 0 {
+                    return Chunked::Done(out, i);
+                }
+            }
+        }
+        if out.len() + size > limit {
+            return Chunked::TooLarge;
+        }
+        if buf.len() < i + size + 2 {
+            return Chunked::Partial;
+        }
+        out.extend_from_slice(&buf[i..i + size]);
+        if &buf[i + size..i + size + 2] != b"\r\n" {
+            return Chunked::Malformed;
+        }
+        i += size + 2;
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// The SPEC §4 code of an error status.
+pub fn error_code(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        429 => "too_many_connections",
+        431 => "headers_too_large",
+        503 => "unavailable",
+        _ => "internal",
+    }
+}
+
+/// CORS headers for a request's `Origin`, if that origin is allowed.
+pub fn cors_headers(out: &mut BytesMut, cors: &Cors, origin: Option<&str>) {
+    if let Some(allowed) = origin.and_then(|o| cors.allow(o)) {
+        out.put_slice(b"Access-Control-Allow-Origin: ");
+        out.put_slice(allowed.as_bytes());
+        out.put_slice(b"\r\nVary: Origin\r\nAccess-Control-Expose-Headers: Content-Type\r\n");
+    }
+}
+
+/// A whole response with a body.
+pub fn response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    cors: &Cors,
+    origin: Option<&str>,
+    extra: &str,
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(192 + body.len());
+    out.put_slice(b"HTTP/1.1 ");
+    sse::put_u64(&mut out, status.into());
+    out.put_u8(b' ');
+    out.put_slice(reason(status).as_bytes());
+    out.put_slice(b"\r\nContent-Type: ");
+    out.put_slice(content_type.as_bytes());
+    out.put_slice(b"\r\nContent-Length: ");
+    sse::put_u64(&mut out, body.len() as u64);
+    out.put_slice(b"\r\nCache-Control: no-store\r\n");
+    out.put_slice(if keep_alive { b"Connection: keep-alive\r\n" as &[u8] } else { b"Connection: close\r\n" });
+    cors_headers(&mut out, cors, origin);
+    out.put_slice(extra.as_bytes());
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    out
+}
+
+/// A JSON error response (SPEC §4).
+pub fn error_response(
+    status: u16,
+    message: &str,
+    keep_alive: bool,
+    cors: &Cors,
+    origin: Option<&str>,
+) -> BytesMut {
+    let mut body = BytesMut::with_capacity(64 + message.len());
+    sse::error_json(&mut body, error_code(status), message);
+    let extra = if status == 405 { "Allow: GET, POST, OPTIONS\r\n" } else { "" };
+    response(status, "application/json", &body, keep_alive, cors, origin, extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_then_complete_with_crlf_split() {
+        let full = b"GET /v1/sse/odds/nba?apiKey=a%2Bb&x=1+2 HTTP/1.1\r\nHost: h\r\nLast-Event-ID: 7\r\n\r\n";
+        for cut in [10, full.len() - 3, full.len() - 1] {
+            assert!(parse(&full[..cut]).unwrap().is_none(), "cut at {cut}");
+        }
+        let r = parse(full).unwrap().unwrap();
+        assert_eq!(r.method, Method::Get);
+        assert_eq!(r.path, "/v1/sse/odds/nba");
+        assert_eq!(r.query("apiKey"), Some("a+b"));
+        assert_eq!(r.query("x"), Some("1 2"));
+        assert_eq!(r.header("last-event-id"), Some("7"));
+        assert_eq!(r.head_len, full.len());
+        assert!(r.keep_alive);
+    }
+
+    #[test]
+    fn pipelined_requests_parse_one_at_a_time() {
+        let two = b"GET /healthz HTTP/1.1\r\n\r\nGET /metrics HTTP/1.0\r\n\r\n";
+        let a = parse(two).unwrap().unwrap();
+        assert_eq!(a.path, "/healthz");
+        let b = parse(&two[a.head_len..]).unwrap().unwrap();
+        assert_eq!(b.path, "/metrics");
+        assert!(!b.keep_alive, "HTTP/1.0 closes by default");
+    }
+
+    #[test]
+    fn limits_and_garbage() {
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..MAX_HEADERS + 1 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&many).unwrap_err(), HttpError::HeadersTooLarge);
+        let big = vec![b'a'; MAX_HEAD_BYTES];
+        assert!(parse(&big).is_err());
+        assert!(matches!(parse(b"\x16\x03\x01garbage\r\n\r\n"), Err(HttpError::Malformed(_))));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
+        assert!(matches!(parse(b"GET /%zz HTTP/1.1\r\n\r\n"), Err(HttpError::Malformed(_))));
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let b = b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\nNEXT";
+        match decode_chunked(b, 100) {
+            Chunked::Done(body, used) => {
+                assert_eq!(body, b"abcde");
+                assert_eq!(&b[used..], b"NEXT");
+            }
+            _ => panic!("expected done"),
+        }
+        assert!(matches!(decode_chunked(b"3\r\nab", 100), Chunked::Partial));
+        assert!(matches!(decode_chunked(b"zz\r\n", 100), Chunked::Malformed));
+        assert!(matches!(decode_chunked(b"ff\r\n", 10), Chunked::TooLarge));
+    }
+
+    #[test]
+    fn error_body_is_spec_shaped() {
+        let r = error_response(404, "no such topic", false, &Cors::Any, None);
+        let text = String::from_utf8(r.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.ends_with("\r\n\r\n{\"error\":{\"code\":\"not_found\",\"message\":\"no such topic\"}}"));
+    }
+}

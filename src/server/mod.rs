@@ -1,0 +1,238 @@
+//! The server: binds one `SO_REUSEPORT` listener per worker, starts the
+//! workers (one pinned thread each, `sluice-worker-{n}`), the sources and the
+//! signal thread, and waits for a clean stop.
+//!
+//! Cold module. Shutdown (SIGTERM / SIGINT): the hub drains, every stream is
+//! told `reconnect` (reason `shutdown`, jittered retry), workers stop when
+//! their streams have closed or after `worker::DRAIN_GRACE_S`.
+
+pub mod conn;
+pub mod http;
+pub mod iovec;
+pub mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use monoio::net::TcpListener;
+use monoio::time::TimeDriver;
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::auth::Keys;
+use crate::config::{Settings, SourceKind};
+use crate::hub::Hub;
+use crate::sources;
+use worker::Worker;
+
+/// Listen backlog of each worker's socket.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// io_uring submission queue entries per worker.
+pub const URING_ENTRIES: u32 = 4096;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, io::Error),
+    #[error("cannot start a worker thread: {0}")]
+    Thread(io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+}
+
+/// Which I/O driver the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// io_uring where available, else epoll (with one log line).
+    Auto,
+    /// epoll only (`SLUICE_DRIVER=epoll`; the tests use it to cover both).
+    Epoll,
+}
+
+impl DriverChoice {
+    pub fn from_env() -> DriverChoice {
+        match std::env::var("SLUICE_DRIVER").as_deref() {
+            Ok("epoll") | Ok("legacy") => DriverChoice::Epoll,
+            _ => DriverChoice::Auto,
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Runs the server until SIGTERM / SIGINT and a clean drain.
+pub fn run(settings: Settings) -> Result<(), ServerError> {
+    let settings = Arc::new(settings);
+    crate::metrics::install();
+
+    // The first listener fixes the port (the config may say port 0); the
+    // others join it with SO_REUSEPORT.
+    let first = bind(settings.listen).map_err(|e| ServerError::Bind(settings.listen, e))?;
+    let addr = first.local_addr().map_err(|e| ServerError::Bind(settings.listen, e))?;
+    let mut listeners = vec![first];
+    for _ in 1..settings.workers {
+        listeners.push(bind(addr).map_err(|e| ServerError::Bind(addr, e))?);
+    }
+
+    let hub = Arc::new(Hub::new(settings.clone()));
+    let keys = Arc::new(Keys::new(&settings.keys));
+    let driver = DriverChoice::from_env();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+
+    let signals = spawn_signal_thread(hub.clone())?;
+    let mut threads = Vec::with_capacity(settings.workers);
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let hub = hub.clone();
+        let keys = keys.clone();
+        let core = if cores.is_empty() { None } else { Some(cores[id % cores.len()]) };
+        let t = std::thread::Builder::new()
+            .name(format!("sluice-worker-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                run_worker(id, hub, keys, listener, driver);
+            })
+            .map_err(ServerError::Thread)?;
+        threads.push(t);
+    }
+
+    for source in &settings.sources {
+        match source {
+            SourceKind::Demo => {
+                sources::demo::spawn(hub.clone()).map_err(ServerError::Thread)?;
+            }
+        }
+    }
+    tracing::info!(%addr, workers = settings.workers, "listening on {addr}");
+
+    for t in threads {
+        if t.join().is_err() {
+            tracing::error!("a worker panicked");
+        }
+    }
+    drop(signals);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, ServerError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServerError::Signals)?;
+    std::thread::Builder::new()
+        .name("sluice-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    tracing::warn!("SIGHUP: reload is not supported yet; configuration unchanged");
+                    continue;
+                }
+                tracing::info!(signal = sig, "draining");
+                hub.drain();
+                break;
+            }
+        })
+        .map_err(ServerError::Thread)
+}
+
+fn run_worker(id: usize, hub: Arc<Hub>, keys: Arc<Keys>, listener: std::net::TcpListener, driver: DriverChoice) {
+    if driver == DriverChoice::Auto {
+        match RuntimeBuilder::<IoUringDriver>::new().with_entries(URING_ENTRIES).enable_timer().build() {
+            Ok(mut rt) => {
+                if id == 0 {
+                    tracing::info!("io_uring driver");
+                }
+                rt.block_on(worker_main(id, hub, keys, listener));
+                return;
+            }
+            Err(e) => {
+                if id == 0 {
+                    tracing::warn!(error = %e, "io_uring is unavailable; using the epoll driver");
+                }
+            }
+        }
+    } else if id == 0 {
+        tracing::info!("epoll driver (SLUICE_DRIVER=epoll)");
+    }
+    let rt: io::Result<monoio::Runtime<TimeDriver<LegacyDriver>>> =
+        RuntimeBuilder::<LegacyDriver>::new().with_entries(URING_ENTRIES).enable_timer().build();
+    match rt {
+        Ok(mut rt) => rt.block_on(worker_main(id, hub, keys, listener)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start worker {id}");
+            hub.drain();
+        }
+    }
+}
+
+async fn worker_main(id: usize, hub: Arc<Hub>, keys: Arc<Keys>, listener: std::net::TcpListener) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "worker {id}: cannot use its listener");
+            hub.drain();
+            return;
+        }
+    };
+    let w = Rc::new(Worker::new(id, hub, keys));
+    monoio::spawn(worker::fanout_loop(w.clone()));
+    monoio::spawn(worker::tick_loop(w.clone()));
+    monoio::spawn(accept_loop(w.clone(), listener));
+    while !w.drained() {
+        monoio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Accepts connections until the worker stops. On a full file descriptor
+/// table it frees a reserved descriptor, accepts, answers 503 and closes,
+/// so that clients get an answer instead of a hanging connect.
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+    let mut reserve = std::fs::File::open("/dev/null").ok();
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let n = w.hub.connections.fetch_add(1, Ordering::Relaxed);
+                if n >= w.settings.max_connections {
+                    monoio::spawn(refuse(w.clone(), stream, "node is at its connection limit"));
+                } else {
+                    monoio::spawn(conn::serve(w.clone(), stream));
+                }
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                tracing::warn!("file descriptor table full; refusing connections with 503");
+                drop(reserve.take());
+                if let Ok((stream, _)) = listener.accept().await {
+                    w.hub.connections.fetch_add(1, Ordering::Relaxed);
+                    refuse(w.clone(), stream, "server is out of file descriptors").await;
+                }
+                monoio::time::sleep(Duration::from_millis(20)).await;
+                reserve = std::fs::File::open("/dev/null").ok();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+async fn refuse(w: Rc<Worker>, mut stream: monoio::net::TcpStream, msg: &'static str) {
+    use monoio::io::AsyncWriteRentExt;
+    crate::metrics::http_response(503);
+    let out = http::error_response(503, msg, false, &w.settings.cors, None);
+    let _ = stream.write_all(out.freeze()).await;
+    w.hub.connections.fetch_sub(1, Ordering::Relaxed);
+}

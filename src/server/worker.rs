@@ -1,0 +1,558 @@
+//! One worker: a pinned OS thread running a monoio runtime (io_uring, or
+//! epoll where io_uring is unavailable) with its own `SO_REUSEPORT` listener.
+//! It owns its connections outright; no other thread touches them.
+//!
+//! Hot module. The fan-out path (`Worker::advance`) walks the worker's group
+//! of subscribers of a topic once per ring frame and queues the same
+//! [`Frame`] (an `Rc`, one per worker per frame) on each: no allocation, no
+//! lock, no syscall per connection per event. Heartbeats, max-duration and
+//! closing grace run off a timer wheel ticked once a second; connections are
+//! bucketed by their next deadline, never scanned.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::auth::Keys;
+use crate::config::Settings;
+use crate::hub::{Hub, Read, Start, Topic};
+use crate::metrics::WorkerCounters;
+use crate::server::iovec::Frame;
+use crate::sse::{self, ReconnectReason};
+use crate::time::unix_secs;
+
+/// Most bytes queued on one connection before it is a slow consumer.
+pub const MAX_QUEUED_BYTES: usize = 1 << 20;
+/// Seconds a closing connection gets to flush its last frames.
+pub const CLOSE_GRACE_S: u32 = 5;
+/// Seconds a draining worker waits for its streams to flush and close.
+pub const DRAIN_GRACE_S: u32 = 5;
+/// Slots of the timer wheel (must exceed the largest heartbeat_s, 30).
+const WHEEL_SLOTS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    Open,
+    /// Closing frame queued: flush the queue, then close.
+    Closing,
+    /// Close now, abandoning any write in flight.
+    Abort,
+    /// The connection task has ended.
+    Closed,
+}
+
+/// The worker-side half of one SSE connection, shared (`Rc`) between its
+/// group, the timer wheel and the connection task.
+pub struct Subscriber {
+    queue: RefCell<VecDeque<Frame>>,
+    queued_bytes: Cell<usize>,
+    waker: Cell<Option<Waker>>,
+    state: Cell<SubState>,
+    events: Cell<u32>,
+    last_write: Cell<u32>,
+    /// Worker tick at which `max_duration_s` is reached (`u32::MAX`: never).
+    deadline: u32,
+    /// Worker tick after which a closing connection is aborted.
+    close_deadline: Cell<u32>,
+    heartbeat_s: u32,
+}
+
+impl Subscriber {
+    pub fn new(now: u32, heartbeat_s: u32, max_duration_s: u32) -> Subscriber {
+        let deadline = if max_duration_s == 0 { u32::MAX } else { now.saturating_add(max_duration_s) };
+        Subscriber {
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            waker: Cell::new(None),
+            state: Cell::new(SubState::Open),
+            events: Cell::new(0),
+            last_write: Cell::new(now),
+            deadline,
+            close_deadline: Cell::new(u32::MAX),
+            heartbeat_s,
+        }
+    }
+
+    pub fn state(&self) -> SubState {
+        self.state.get()
+    }
+
+    pub fn has_queued(&self) -> bool {
+        self.queued_bytes.get() > 0
+    }
+
+    /// The connection task's waker, kept until the next push.
+    pub fn register(&self, waker: &Waker) {
+        let old = self.waker.take();
+        match old {
+            Some(w) if w.will_wake(waker) => self.waker.set(Some(w)),
+            _ => self.waker.set(Some(waker.clone())),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a frame (no wake; callers wake once after queueing).
+    pub fn push(&self, frame: Frame) {
+        self.queued_bytes.set(self.queued_bytes.get() + frame.len());
+        self.queue.borrow_mut().push_back(frame);
+    }
+
+    /// Takes queued frames into a write batch.
+    pub fn take_into(&self, batch: &mut crate::server::iovec::FrameBatch) {
+        let n = batch.fill(&mut self.queue.borrow_mut());
+        self.queued_bytes.set(self.queued_bytes.get() - n);
+    }
+
+    /// Counts update frames sent outside the fan-out (a replay).
+    pub fn count_events(&self, n: u32) {
+        self.events.set(self.events.get().saturating_add(n));
+    }
+
+    pub fn events(&self) -> u32 {
+        self.events.get()
+    }
+
+    /// Queues a closing frame and lets the connection flush, then close.
+    pub fn close_with(&self, frame: Frame, now: u32) {
+        if self.state.get() == SubState::Open {
+            self.push(frame);
+            self.state.set(SubState::Closing);
+            self.close_deadline.set(now + CLOSE_GRACE_S);
+            self.wake();
+        }
+    }
+
+    /// Marks the connection task ended.
+    pub fn set_closed(&self) {
+        self.state.set(SubState::Closed);
+        self.queue.borrow_mut().clear();
+        self.queued_bytes.set(0);
+    }
+}
+
+/// A worker's subscribers of one topic and its cursor into the topic's ring.
+struct Group {
+    topic: Arc<Topic>,
+    cursor: u64,
+    members: Vec<Rc<Subscriber>>,
+}
+
+/// Frames built once per worker and shared by all its connections.
+struct SharedFrames {
+    heartbeat: Frame,
+    timeout: Frame,
+    limit: Frame,
+}
+
+pub struct Worker {
+    pub id: usize,
+    pub hub: Arc<Hub>,
+    pub settings: Arc<Settings>,
+    pub keys: Arc<Keys>,
+    groups: RefCell<HashMap<usize, Group>>,
+    wheel: RefCell<Vec<Vec<Rc<Subscriber>>>>,
+    /// Seconds since the worker started (its tick count).
+    now: Cell<u32>,
+    frames: RefCell<SharedFrames>,
+    /// Open SSE streams on this worker.
+    pub streams: Cell<usize>,
+    draining_since: Cell<Option<u32>>,
+    pub counters: WorkerCounters,
+}
+
+fn topic_key(topic: &Arc<Topic>) -> usize {
+    Arc::as_ptr(topic) as usize
+}
+
+impl Worker {
+    pub fn new(id: usize, hub: Arc<Hub>, keys: Arc<Keys>) -> Worker {
+        let settings = hub.settings().clone();
+        let frames = SharedFrames {
+            heartbeat: Rc::new(sse::heartbeat(unix_secs())),
+            timeout: Rc::new(sse::timeout_frame(settings.max_duration_s)),
+            limit: Rc::new(sse::limit_frame(settings.max_events)),
+        };
+        Worker {
+            id,
+            hub,
+            settings,
+            keys,
+            groups: RefCell::new(HashMap::new()),
+            wheel: RefCell::new((0..WHEEL_SLOTS).map(|_| Vec::new()).collect()),
+            now: Cell::new(0),
+            frames: RefCell::new(frames),
+            streams: Cell::new(0),
+            draining_since: Cell::new(None),
+            counters: WorkerCounters::default(),
+        }
+    }
+
+    pub fn now(&self) -> u32 {
+        self.now.get()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining_since.get().is_some()
+    }
+
+    /// Adds a subscriber to its topic's group and returns how it starts.
+    /// The caller queues the start frames before yielding, so no live frame
+    /// can come between them.
+    pub fn subscribe(&self, topic: &Arc<Topic>, sub: &Rc<Subscriber>, last_id: Option<u64>) -> Start {
+        topic.add_interest(self.id);
+        loop {
+            let (start, pos) = topic.start(last_id);
+            // Bring the group to `pos` so the new member sees exactly the
+            // frames after its start.
+            self.advance(topic, pos);
+            let mut groups = self.groups.borrow_mut();
+            let group = groups
+                .entry(topic_key(topic))
+                .or_insert_with(|| Group { topic: topic.clone(), cursor: pos, members: Vec::new() });
+            if group.cursor == pos {
+                group.members.push(sub.clone());
+                return start;
+            }
+            // The group resynchronised past `pos` (it lagged a full ring):
+            // take a newer start.
+        }
+    }
+
+    /// Delivers the ring frames of `topic` below position `upto` to this
+    /// worker's group of its subscribers.
+    pub fn advance(&self, topic: &Arc<Topic>, upto: u64) {
+        let mut groups = self.groups.borrow_mut();
+        let Some(group) = groups.get_mut(&topic_key(topic)) else { return };
+        let now = self.now.get();
+        let max_events = self.settings.max_events;
+        let tail = topic.ring.tail().min(upto);
+        while group.cursor < tail {
+            match topic.ring.read(group.cursor) {
+                Read::Frame(_, bytes) => {
+                    group.cursor += 1;
+                    let frame: Frame = Rc::new(bytes);
+                    let delivered = self.fan_out(group, &frame, now, max_events);
+                    self.counters.delivered.set(self.counters.delivered.get() + delivered);
+                }
+                Read::Lagged => {
+                    // The worker fell a full ring behind: every member gets a
+                    // fresh initial state and the group continues from it.
+                    let (bytes, pos) = topic.initial_state();
+                    let frame: Frame = Rc::new(bytes);
+                    for m in &group.members {
+                        self.queue(m, &frame, now);
+                        m.wake();
+                    }
+                    group.cursor = pos;
+                    self.counters.lag_resyncs.set(self.counters.lag_resyncs.get() + 1);
+                    break;
+                }
+                Read::Empty => break,
+            }
+        }
+    }
+
+    /// Queues one update frame on every member; drops members that are gone.
+    fn fan_out(&self, group: &mut Group, frame: &Frame, now: u32, max_events: u32) -> u64 {
+        let mut delivered = 0;
+        let mut i = 0;
+        while i < group.members.len() {
+            let m = &group.members[i];
+            if m.state.get() != SubState::Open {
+                group.members.swap_remove(i);
+                continue;
+            }
+            if self.queue(m, frame, now) {
+                delivered += 1;
+                let n = m.events.get() + 1;
+                m.events.set(n);
+                if max_events != 0 && n >= max_events {
+                    let limit = self.frames.borrow().limit.clone();
+                    m.close_with(limit, now);
+                }
+            }
+            m.wake();
+            i += 1;
+        }
+        delivered
+    }
+
+    /// Queues a frame on one subscriber, or tells a slow one to reconnect.
+    fn queue(&self, m: &Subscriber, frame: &Frame, now: u32) -> bool {
+        if m.queued_bytes.get() + frame.len() > MAX_QUEUED_BYTES {
+            m.queue.borrow_mut().clear();
+            m.queued_bytes.set(0);
+            let retry = jittered_retry(self.settings.retry_ms);
+            m.close_with(Rc::new(sse::reconnect_frame(ReconnectReason::SlowConsumer, retry)), now);
+            self.counters.slow_consumers.set(self.counters.slow_consumers.get() + 1);
+            return false;
+        }
+        m.push(frame.clone());
+        m.last_write.set(now);
+        true
+    }
+
+    /// Puts a new subscriber on the timer wheel.
+    pub fn schedule(&self, sub: &Rc<Subscriber>) {
+        let now = self.now.get();
+        let at = (now + sub.heartbeat_s).min(sub.deadline).max(now + 1);
+        self.wheel.borrow_mut()[at as usize % WHEEL_SLOTS].push(sub.clone());
+    }
+
+    /// Once a second: heartbeats, max durations, closing grace, metrics.
+    pub fn tick(&self) {
+        let now = self.now.get() + 1;
+        self.now.set(now);
+        let heartbeat: Frame = Rc::new(sse::heartbeat(unix_secs()));
+        self.frames.borrow_mut().heartbeat = heartbeat.clone();
+        let timeout = self.frames.borrow().timeout.clone();
+
+        let slot = now as usize % WHEEL_SLOTS;
+        let mut due = std::mem::take(&mut self.wheel.borrow_mut()[slot]);
+        for sub in due.drain(..) {
+            let next = match sub.state.get() {
+                SubState::Closed => continue,
+                SubState::Closing | SubState::Abort => {
+                    if now >= sub.close_deadline.get() {
+                        sub.state.set(SubState::Abort);
+                        sub.wake();
+                    }
+                    now + 1
+                }
+                SubState::Open => {
+                    if now >= sub.deadline {
+                        sub.close_with(timeout.clone(), now);
+                        now + 1
+                    } else {
+                        if now - sub.last_write.get() >= sub.heartbeat_s {
+                            sub.push(heartbeat.clone());
+                            sub.last_write.set(now);
+                            sub.wake();
+                        }
+                        (sub.last_write.get() + sub.heartbeat_s).min(sub.deadline).max(now + 1)
+                    }
+                }
+            };
+            self.wheel.borrow_mut()[next as usize % WHEEL_SLOTS].push(sub);
+        }
+        // Give the emptied Vec (and its capacity) back to its slot.
+        let mut wheel = self.wheel.borrow_mut();
+        if wheel[slot].is_empty() {
+            wheel[slot] = due;
+        }
+        drop(wheel);
+
+        self.sweep_groups();
+        self.counters.flush(self.streams.get());
+    }
+
+    /// Drops closed members of idle groups, and groups left empty.
+    fn sweep_groups(&self) {
+        let id = self.id;
+        self.groups.borrow_mut().retain(|_, g| {
+            g.members.retain(|m| m.state.get() == SubState::Open);
+            if g.members.is_empty() {
+                g.topic.remove_interest(id);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Takes the topics whose rings advanced from the inbox and fans out.
+    pub fn on_inbox(&self) {
+        let inbox = self.hub.inbox(self.id);
+        while let Some(topic) = inbox.pop() {
+            topic.dequeued(self.id);
+            self.advance(&topic, u64::MAX);
+        }
+        if inbox.shutdown_requested() && !self.is_draining() {
+            self.start_drain();
+        }
+    }
+
+    /// Tells every stream to reconnect (reason `shutdown`), jittered.
+    fn start_drain(&self) {
+        let now = self.now.get();
+        self.draining_since.set(Some(now));
+        let groups = std::mem::take(&mut *self.groups.borrow_mut());
+        for (_, g) in groups {
+            for m in g.members {
+                let retry = jittered_retry(self.settings.retry_ms);
+                m.close_with(Rc::new(sse::reconnect_frame(ReconnectReason::Shutdown, retry)), now);
+            }
+            g.topic.remove_interest(self.id);
+        }
+    }
+
+    /// True once a draining worker may stop.
+    pub fn drained(&self) -> bool {
+        match self.draining_since.get() {
+            Some(since) => self.streams.get() == 0 || self.now.get() >= since + DRAIN_GRACE_S,
+            None => false,
+        }
+    }
+}
+
+/// `retry_ms` spread by ±25% so that reconnects spread out.
+pub fn jittered_retry(retry_ms: u32) -> u32 {
+    let spread = retry_ms / 4;
+    retry_ms - spread + fastrand::u32(0..=spread * 2)
+}
+
+/// Fans out whenever the hub queues a topic for this worker.
+pub async fn fanout_loop(w: Rc<Worker>) {
+    let inbox = w.hub.inbox(w.id);
+    loop {
+        poll_fn(|cx| inbox.poll_ready(cx)).await;
+        w.on_inbox();
+    }
+}
+
+/// Ticks once a second, on the wall clock's second boundary.
+pub async fn tick_loop(w: Rc<Worker>) {
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        monoio::time::sleep(Duration::from_nanos(1_000_000_000 - u64::from(nanos) + 1_000)).await;
+        w.tick();
+    }
+}
+
+/// A frame from bytes built for one connection.
+pub fn frame(bytes: Bytes) -> Frame {
+    Rc::new(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Row;
+
+    fn worker(extra: &str) -> (Rc<Worker>, Arc<Hub>) {
+        let s = Settings::from_toml(&format!(
+            "[server]\nworkers = 1\nreplay = 16\n{extra}\n[[topics]]\npattern = \"*\"\n"
+        ))
+        .unwrap();
+        let keys = Arc::new(Keys::new(&s.keys));
+        let hub = Arc::new(Hub::new(Arc::new(s)));
+        (Rc::new(Worker::new(0, hub.clone(), keys)), hub)
+    }
+
+    fn drain(sub: &Subscriber) -> Vec<String> {
+        sub.queued_bytes.set(0);
+        sub.queue.borrow_mut().drain(..).map(|f| String::from_utf8(f.to_vec()).unwrap()).collect()
+    }
+
+    fn publish(hub: &Hub, t: &Arc<Topic>, n: u32) -> u64 {
+        hub.publish(t, &[Row { json: Bytes::from(format!("{{\"n\":{n}}}")), key: None }])
+    }
+
+    #[test]
+    fn members_get_every_frame_once_in_order() {
+        let (w, hub) = worker("");
+        let t = hub.topic("a").unwrap();
+        let subs: Vec<_> = (0..3).map(|_| Rc::new(Subscriber::new(0, 15, 0))).collect();
+        for s in &subs {
+            assert!(matches!(w.subscribe(&t, s, None), Start::Fresh(_)));
+        }
+        let ids: Vec<u64> = (0..5).map(|n| publish(&hub, &t, n)).collect();
+        w.on_inbox();
+        for s in &subs {
+            let frames = drain(s);
+            assert_eq!(frames.len(), 5);
+            for (f, id) in frames.iter().zip(&ids) {
+                assert!(f.contains(&format!("\nid: {id}\n")), "{f}");
+            }
+        }
+    }
+
+    #[test]
+    fn lagging_worker_resyncs_from_state() {
+        let (w, hub) = worker("");
+        let t = hub.topic("a").unwrap();
+        let s = Rc::new(Subscriber::new(0, 15, 0));
+        w.subscribe(&t, &s, None);
+        for n in 0..40 {
+            publish(&hub, &t, n); // 40 > 16 ring slots, no fan-out in between
+        }
+        w.on_inbox();
+        let frames = drain(&s);
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].starts_with("event: initial_state\n"), "{}", frames[0]);
+        publish(&hub, &t, 99);
+        w.on_inbox();
+        assert_eq!(drain(&s).len(), 1);
+    }
+
+    #[test]
+    fn limit_frame_after_max_events_then_nothing() {
+        let (w, hub) = worker("max_events = 2");
+        let t = hub.topic("a").unwrap();
+        let s = Rc::new(Subscriber::new(0, 15, 0));
+        w.subscribe(&t, &s, None);
+        for n in 0..4 {
+            publish(&hub, &t, n);
+        }
+        w.on_inbox();
+        let frames = drain(&s);
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        assert_eq!(frames[2], "event: limit\ndata: {\"type\":\"limit\",\"max_events\":2}\n\n");
+        assert_eq!(s.state(), SubState::Closing);
+    }
+
+    #[test]
+    fn heartbeat_when_silent_and_timeout_at_max_duration() {
+        let (w, hub) = worker("heartbeat_s = 2\nmax_duration_s = 5");
+        let t = hub.topic("a").unwrap();
+        let s = Rc::new(Subscriber::new(w.now(), 2, 5));
+        w.subscribe(&t, &s, None);
+        w.schedule(&s);
+        w.tick(); // 1
+        assert!(drain(&s).is_empty());
+        w.tick(); // 2: silent for 2 s
+        let f = drain(&s);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].starts_with(": heartbeat ") && f[0].ends_with("\n\n"), "{f:?}");
+        w.tick(); // 3
+        publish(&hub, &t, 1);
+        w.on_inbox(); // a write at 3 postpones the heartbeat to 5
+        assert_eq!(drain(&s).len(), 1);
+        w.tick(); // 4
+        assert!(drain(&s).is_empty());
+        w.tick(); // 5: max duration
+        let f = drain(&s);
+        assert_eq!(f, vec!["event: timeout\ndata: {\"type\":\"timeout\",\"max_duration_s\":5}\n\n"]);
+    }
+
+    #[test]
+    fn slow_consumer_is_told_to_reconnect() {
+        let (w, hub) = worker("");
+        let t = hub.topic("a").unwrap();
+        let s = Rc::new(Subscriber::new(0, 15, 0));
+        w.subscribe(&t, &s, None);
+        let big = "x".repeat(200_000);
+        for _ in 0..8 {
+            hub.publish(&t, &[Row { json: Bytes::from(format!("\"{big}\"")), key: None }]);
+            w.on_inbox();
+        }
+        let frames = drain(&s);
+        assert_eq!(frames.len(), 1, "queue dropped, reconnect queued");
+        assert!(frames[0].contains("\"reason\":\"slow_consumer\""), "{}", frames[0]);
+        assert_eq!(s.state(), SubState::Closing);
+    }
+}

@@ -1,0 +1,6 @@
+//! Where updates come from: `POST /v1/publish` bodies ([`publish`]) and the
+//! built-in demo feed ([`demo`]). Every source ends in `Hub::publish` through
+//! the same body parser, so a demo row and a published row are the same thing.
+
+pub mod demo;
+pub mod publish;
