@@ -105,7 +105,11 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(keys: &[Key]) -> Keys {
-        let by_digest = keys.iter().enumerate().map(|(i, k)| (k.secret.0, i)).collect();
+        let by_digest = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.secret.0, i))
+            .collect();
         Keys { by_digest }
     }
 
@@ -149,15 +153,26 @@ pub fn find_credential<'a>(
             .map(|(_, v)| v.trim())
     };
     if let Some(v) = header("x-api-key") {
-        return Some(Credential { value: v, source: CredentialSource::Header });
+        return Some(Credential {
+            value: v,
+            source: CredentialSource::Header,
+        });
     }
-    if let Some(v) = header("authorization") {
-        if let Some(k) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
-            return Some(Credential { value: k.trim(), source: CredentialSource::Header });
-        }
+    if let Some(v) = header("authorization")
+        && let Some(k) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    {
+        return Some(Credential {
+            value: k.trim(),
+            source: CredentialSource::Header,
+        });
     }
     if let Some(v) = header("x-consumer-key") {
-        return Some(Credential { value: v, source: CredentialSource::Header });
+        return Some(Credential {
+            value: v,
+            source: CredentialSource::Header,
+        });
     }
     for (name, source) in [
         ("apiKey", CredentialSource::Query),
@@ -191,7 +206,10 @@ mod tests {
     #[test]
     fn sha256_and_plain_keys_match_the_same_secret() {
         let hex = hex::encode(Sha256::digest(b"sk_live"));
-        assert_eq!(KeySecret::from_sha256_hex(&hex).unwrap(), KeySecret::plain("sk_live"));
+        assert_eq!(
+            KeySecret::from_sha256_hex(&hex).unwrap(),
+            KeySecret::plain("sk_live")
+        );
         assert!(KeySecret::from_sha256_hex("abc").is_none());
     }
 }

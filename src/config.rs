@@ -32,7 +32,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+        write!(
+            f,
+            "line {}, column {}: {}",
+            self.line, self.column, self.message
+        )
     }
 }
 
@@ -42,7 +46,11 @@ impl ConfigError {
             Some(s) => line_col(src, s.start),
             None => (1, 1),
         };
-        ConfigError { line, column, message: message.into() }
+        ConfigError {
+            line,
+            column,
+            message: message.into(),
+        }
     }
 }
 
@@ -313,15 +321,29 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
     let s = raw.server;
 
     let listen: SocketAddr = s.listen.get_ref().parse().map_err(|_| {
-        err(s.listen.span(), format!("listen: '{}' is not an IP:port address", s.listen.get_ref()))
+        err(
+            s.listen.span(),
+            format!("listen: '{}' is not an IP:port address", s.listen.get_ref()),
+        )
     })?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = if s.workers == 0 { cores.min(MAX_WORKERS) } else { s.workers };
+    let workers = if s.workers == 0 {
+        cores.min(MAX_WORKERS)
+    } else {
+        s.workers
+    };
     if workers > MAX_WORKERS {
-        return Err(ConfigError::at(src, None, format!("workers: at most {MAX_WORKERS}")));
+        return Err(ConfigError::at(
+            src,
+            None,
+            format!("workers: at most {MAX_WORKERS}"),
+        ));
     }
     if !(1..=30).contains(s.heartbeat_s.get_ref()) {
-        return Err(err(s.heartbeat_s.span(), "heartbeat_s must be 1..30".into()));
+        return Err(err(
+            s.heartbeat_s.span(),
+            "heartbeat_s must be 1..30".into(),
+        ));
     }
     if !(16..=1 << 20).contains(s.replay.get_ref()) {
         return Err(err(s.replay.span(), "replay must be 16..1048576".into()));
@@ -336,12 +358,24 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
     let tiers: Vec<Tier> = match raw.tiers {
         Some(map) => map
             .into_iter()
-            .map(|(name, t)| Tier { name, coalesce_ms: t.coalesce_ms })
+            .map(|(name, t)| Tier {
+                name,
+                coalesce_ms: t.coalesce_ms,
+            })
             .collect(),
         None => vec![
-            Tier { name: "scale".into(), coalesce_ms: 0 },
-            Tier { name: "enterprise".into(), coalesce_ms: 500 },
-            Tier { name: "business".into(), coalesce_ms: 1000 },
+            Tier {
+                name: "scale".into(),
+                coalesce_ms: 0,
+            },
+            Tier {
+                name: "enterprise".into(),
+                coalesce_ms: 500,
+            },
+            Tier {
+                name: "business".into(),
+                coalesce_ms: 1000,
+            },
         ],
     };
     if tiers.is_empty() {
@@ -368,22 +402,30 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
     for k in raw.keys {
         let secret = match (k.key, k.key_sha256) {
             (Some(plain), None) if !plain.is_empty() => KeySecret::plain(&plain),
-            (None, Some(hex)) => KeySecret::from_sha256_hex(hex.get_ref()).ok_or_else(|| {
-                err(hex.span(), "key_sha256 must be 64 hex digits".into())
-            })?,
+            (None, Some(hex)) => KeySecret::from_sha256_hex(hex.get_ref())
+                .ok_or_else(|| err(hex.span(), "key_sha256 must be 64 hex digits".into()))?,
             _ => {
                 return Err(err(
                     k.name.span(),
-                    format!("key '{}': give exactly one of key or key_sha256", k.name.get_ref()),
+                    format!(
+                        "key '{}': give exactly one of key or key_sha256",
+                        k.name.get_ref()
+                    ),
                 ));
             }
         };
         let role = Role::parse(k.role.get_ref()).ok_or_else(|| {
-            err(k.role.span(), "role must be subscriber, publisher or admin".into())
+            err(
+                k.role.span(),
+                "role must be subscriber, publisher or admin".into(),
+            )
         })?;
         let topics = parse_patterns(src, &k.topics)?;
         if keys.iter().any(|o: &Key| o.name == *k.name.get_ref()) {
-            return Err(err(k.name.span(), format!("duplicate key name '{}'", k.name.get_ref())));
+            return Err(err(
+                k.name.span(),
+                format!("duplicate key name '{}'", k.name.get_ref()),
+            ));
         }
         keys.push(Key {
             name: k.name.into_inner(),
@@ -401,9 +443,14 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         let ev = t.event.get_ref();
         if ev.is_empty()
             || ev.len() > 64
-            || !ev.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            || !ev
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         {
-            return Err(err(t.event.span(), "event must be 1..64 of [A-Za-z0-9_.-]".into()));
+            return Err(err(
+                t.event.span(),
+                "event must be 1..64 of [A-Za-z0-9_.-]".into(),
+            ));
         }
         let tiers_allowed = match &t.tiers {
             Some(list) => list.iter().map(tier_index).collect::<Result<Vec<_>, _>>()?,

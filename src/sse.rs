@@ -46,7 +46,8 @@ pub fn update_frame<'a>(
     ts_ms: u64,
     rows: impl ExactSizeIterator<Item = &'a Bytes> + Clone,
 ) -> Bytes {
-    let mut out = BytesMut::with_capacity(96 + event.len() * 2 + topic.len() + rows_len(rows.clone()));
+    let mut out =
+        BytesMut::with_capacity(96 + event.len() * 2 + topic.len() + rows_len(rows.clone()));
     out.put_slice(b"event: ");
     out.put_slice(event.as_bytes());
     out.put_slice(b"\nid: ");
@@ -107,7 +108,11 @@ pub fn connected_frame(c: &Connected<'_>) -> Bytes {
     out.put_slice(b"\",\"tier\":\"");
     json_str_body(&mut out, c.tier);
     out.put_slice(b"\",\"push_mode\":\"");
-    out.put_slice(if c.coalesce_ms == 0 { b"raw" } else { b"coalesced" });
+    out.put_slice(if c.coalesce_ms == 0 {
+        b"raw"
+    } else {
+        b"coalesced"
+    });
     out.put_slice(b"\",\"min_push_interval_s\":");
     put_seconds(&mut out, c.coalesce_ms);
     out.put_slice(b",\"transport\":\"sse\",\"heartbeat_s\":");
@@ -240,7 +245,10 @@ mod tests {
 
     #[test]
     fn update_frame_exact_bytes() {
-        let rows = [Bytes::from_static(br#"{"a":1}"#), Bytes::from_static(br#"{"a":2}"#)];
+        let rows = [
+            Bytes::from_static(br#"{"a":1}"#),
+            Bytes::from_static(br#"{"a":2}"#),
+        ];
         let f = update_frame("odds_update", "odds/nba", 42, 1700, rows.iter());
         assert_eq!(
             &f[..],

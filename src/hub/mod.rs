@@ -41,7 +41,9 @@ pub fn topic_name_is_valid(name: &str) -> bool {
         && name.len() <= MAX_TOPIC_BYTES
         && name.split('/').all(|seg| {
             !seg.is_empty()
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
         })
 }
 
@@ -55,7 +57,10 @@ pub struct Row {
 
 enum Table {
     Keyed(IndexMap<Box<str>, Bytes>),
-    Keyless { rows: VecDeque<Bytes>, history: usize },
+    Keyless {
+        rows: VecDeque<Bytes>,
+        history: usize,
+    },
 }
 
 impl Table {
@@ -98,7 +103,10 @@ pub enum Start {
 impl Topic {
     fn new(name: &str, rule: &TopicRule, ring_slots: usize) -> Topic {
         let table = if rule.key.is_empty() {
-            Table::Keyless { rows: VecDeque::new(), history: rule.history }
+            Table::Keyless {
+                rows: VecDeque::new(),
+                history: rule.history,
+            }
         } else {
             Table::Keyed(IndexMap::new())
         };
@@ -139,7 +147,10 @@ impl Topic {
                     map.insert(key, row.json.clone());
                 }
             }
-            Table::Keyless { rows: hist, history } => {
+            Table::Keyless {
+                rows: hist,
+                history,
+            } => {
                 for row in rows {
                     if *history > 0 {
                         if hist.len() == *history {
@@ -150,8 +161,13 @@ impl Topic {
                 }
             }
         }
-        let frame =
-            sse::update_frame(&self.event, &self.name, seq, unix_millis(), rows.iter().map(|r| &r.json));
+        let frame = sse::update_frame(
+            &self.event,
+            &self.name,
+            seq,
+            unix_millis(),
+            rows.iter().map(|r| &r.json),
+        );
         self.ring.push(seq, frame);
         seq
     }
@@ -161,7 +177,9 @@ impl Topic {
         let st = self.lock();
         let mut out = bytes::BytesMut::with_capacity(128);
         match &st.table {
-            Table::Keyed(m) => sse::initial_state_json(&mut out, &self.name, unix_millis(), m.values()),
+            Table::Keyed(m) => {
+                sse::initial_state_json(&mut out, &self.name, unix_millis(), m.values())
+            }
             Table::Keyless { rows, .. } => {
                 sse::initial_state_json(&mut out, &self.name, unix_millis(), rows.iter())
             }
@@ -178,7 +196,9 @@ impl Topic {
 
     fn initial_state_locked(&self, st: &TopicState) -> Bytes {
         match &st.table {
-            Table::Keyed(m) => sse::initial_state_frame(&self.name, st.seq, unix_millis(), m.values()),
+            Table::Keyed(m) => {
+                sse::initial_state_frame(&self.name, st.seq, unix_millis(), m.values())
+            }
             Table::Keyless { rows, .. } => {
                 sse::initial_state_frame(&self.name, st.seq, unix_millis(), rows.iter())
             }
@@ -252,10 +272,10 @@ impl Inbox {
     fn notify(&self) {
         // Release pairs with the Acquire swap in `poll_ready`: the worker
         // that sees the flag also sees the queued topics.
-        if !self.flag.swap(true, Ordering::Release) {
-            if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                w.wake();
-            }
+        if !self.flag.swap(true, Ordering::Release)
+            && let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            w.wake();
         }
     }
 
@@ -328,7 +348,12 @@ impl Hub {
     /// The topic of that name, made on first use if a `[[topics]]` pattern
     /// matches it.
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
-        if let Some(t) = self.topics.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(t) = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             return Ok(t.clone());
         }
         if !topic_name_is_valid(name) {
@@ -349,8 +374,13 @@ impl Hub {
 
     /// Every topic, sorted by name (for `GET /v1/topics`).
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        let mut v: Vec<_> =
-            self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut v: Vec<_> = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -406,7 +436,10 @@ mod tests {
     }
 
     fn row(json: &str, key: Option<&str>) -> Row {
-        Row { json: Bytes::copy_from_slice(json.as_bytes()), key: key.map(Into::into) }
+        Row {
+            json: Bytes::copy_from_slice(json.as_bytes()),
+            key: key.map(Into::into),
+        }
     }
 
     #[test]
@@ -426,13 +459,22 @@ mod tests {
     fn keyed_state_keeps_the_latest_row_per_key() {
         let h = hub();
         let t = h.topic("k/1").unwrap();
-        let s1 = h.publish(&t, &[row(r#"{"id":1,"v":1}"#, Some("1")), row(r#"{"id":2,"v":1}"#, Some("2"))]);
+        let s1 = h.publish(
+            &t,
+            &[
+                row(r#"{"id":1,"v":1}"#, Some("1")),
+                row(r#"{"id":2,"v":1}"#, Some("2")),
+            ],
+        );
         let s2 = h.publish(&t, &[row(r#"{"id":1,"v":2}"#, Some("1"))]);
         assert!(s2 > s1);
         let body = t.snapshot_json();
         let text = std::str::from_utf8(&body).unwrap();
         assert!(text.contains(r#""count":2"#), "{text}");
-        assert!(text.ends_with(r#""data":[{"id":1,"v":2},{"id":2,"v":1}]}"#), "{text}");
+        assert!(
+            text.ends_with(r#""data":[{"id":1,"v":2},{"id":2,"v":1}]}"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -450,13 +492,16 @@ mod tests {
     fn start_replays_after_a_known_id_and_is_fresh_otherwise() {
         let h = hub();
         let t = h.topic("k/2").unwrap();
-        let ids: Vec<u64> =
-            (0..3).map(|i| h.publish(&t, &[row(&format!("{{\"id\":{i}}}"), Some("a"))])).collect();
+        let ids: Vec<u64> = (0..3)
+            .map(|i| h.publish(&t, &[row(&format!("{{\"id\":{i}}}"), Some("a"))]))
+            .collect();
         match t.start(Some(ids[0])) {
             (Start::Replay(frames), tail) => {
                 assert_eq!(frames.len(), 2);
                 assert_eq!(tail, 3);
-                assert!(frames[0].starts_with(format!("event: update\nid: {}\n", ids[1]).as_bytes()));
+                assert!(
+                    frames[0].starts_with(format!("event: update\nid: {}\n", ids[1]).as_bytes())
+                );
             }
             _ => panic!("expected a replay"),
         }

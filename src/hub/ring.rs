@@ -44,9 +44,18 @@ pub struct Ring {
 impl Ring {
     pub fn new(slots: usize) -> Ring {
         let slots = (0..slots.max(1))
-            .map(|_| Mutex::new(Slot { pos: u64::MAX, seq: 0, frame: Bytes::new() }))
+            .map(|_| {
+                Mutex::new(Slot {
+                    pos: u64::MAX,
+                    seq: 0,
+                    frame: Bytes::new(),
+                })
+            })
             .collect();
-        Ring { slots, tail: CachePadded::new(AtomicU64::new(0)) }
+        Ring {
+            slots,
+            tail: CachePadded::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn capacity(&self) -> u64 {

@@ -72,7 +72,11 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
         };
         let keep_alive = req.keep_alive && !w.is_draining();
 
-        if let Some(topic) = req.path.strip_prefix("/v1/sse/") {
+        let sse_topic = req
+            .path
+            .strip_prefix("/v1/sse/")
+            .filter(|_| req.method != Method::Options);
+        if let Some(topic) = sse_topic {
             if req.method != Method::Get {
                 send_error(&w, &mut stream, 405, "use GET", false, req.header("origin")).await;
                 return;
@@ -111,7 +115,9 @@ async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>, limit: usize) -> Op
         buf.reserve((len).max(1024).min(limit - len));
     }
     let cap = buf.capacity().min(limit);
-    let (res, slice) = stream.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)).await;
+    let (res, slice) = stream
+        .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+        .await;
     let buf = slice.into_inner();
     match res {
         Ok(0) | Err(_) => None,
@@ -121,7 +127,12 @@ async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>, limit: usize) -> Op
 
 /// Reads a request body (Content-Length or chunked) into a `Vec`, leaving
 /// any pipelined bytes after it in `buf`. Sends 413 / 400 itself.
-async fn read_body(w: &Rc<Worker>, stream: &mut TcpStream, buf: &mut Vec<u8>, req: &Request) -> Option<Vec<u8>> {
+async fn read_body(
+    w: &Rc<Worker>,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    req: &Request,
+) -> Option<Vec<u8>> {
     let limit = w.settings.max_body_bytes;
     let origin = req.header("origin");
     if let Some(len) = req.content_length {
@@ -165,7 +176,14 @@ async fn read_body(w: &Rc<Worker>, stream: &mut TcpStream, buf: &mut Vec<u8>, re
     }
 }
 
-async fn send_error(w: &Worker, stream: &mut TcpStream, status: u16, msg: &str, keep_alive: bool, origin: Option<&str>) {
+async fn send_error(
+    w: &Worker,
+    stream: &mut TcpStream,
+    status: u16,
+    msg: &str,
+    keep_alive: bool,
+    origin: Option<&str>,
+) {
     metrics::http_response(status);
     let out = http::error_response(status, msg, keep_alive, &w.settings.cors, origin);
     let _ = stream.write_all(out.freeze()).await;
@@ -176,12 +194,30 @@ fn route(w: &Worker, req: &Request, body: Vec<u8>, keep_alive: bool) -> BytesMut
     let origin = req.header("origin");
     let cors = &w.settings.cors;
     let (status, out) = match route_inner(w, req, body) {
-        Ok((status, ctype, body)) => (status, http::response(status, ctype, &body, keep_alive, cors, origin, "")),
-        Err((status, msg)) => (status, http::error_response(status, msg, keep_alive, cors, origin)),
+        Ok((status, ctype, body)) => {
+            let extra = if req.method == Method::Options {
+                PREFLIGHT_HEADERS
+            } else {
+                ""
+            };
+            (
+                status,
+                http::response(status, ctype, &body, keep_alive, cors, origin, extra),
+            )
+        }
+        Err((status, msg)) => (
+            status,
+            http::error_response(status, msg, keep_alive, cors, origin),
+        ),
     };
     metrics::http_response(status);
     out
 }
+
+/// What a CORS preflight allows.
+const PREFLIGHT_HEADERS: &str = "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n\
+Access-Control-Allow-Headers: Authorization, X-API-Key, X-Consumer-Key, Last-Event-ID, Content-Type, Cache-Control\r\n\
+Access-Control-Max-Age: 600\r\nAllow: GET, POST, OPTIONS\r\n";
 
 type Routed = Result<(u16, &'static str, Bytes), (u16, &'static str)>;
 
@@ -193,7 +229,11 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     if path == "/healthz" {
         method(req, Method::Get)?;
         return Ok(if w.hub.is_draining() {
-            (503, "application/json", Bytes::from_static(br#"{"status":"draining"}"#))
+            (
+                503,
+                "application/json",
+                Bytes::from_static(br#"{"status":"draining"}"#),
+            )
         } else {
             let s = format!(
                 r#"{{"status":"ok","workers":{},"connections":{},"streams":{}}}"#,
@@ -214,11 +254,19 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
             w.hub.streams.load(Ordering::Relaxed),
             w.hub.topics().len(),
         );
-        return Ok((200, "text/plain; version=0.0.4", Bytes::from(metrics::render())));
+        return Ok((
+            200,
+            "text/plain; version=0.0.4",
+            Bytes::from(metrics::render()),
+        ));
     }
     if path == "/" {
         method(req, Method::Get)?;
-        return Ok((200, "text/plain; charset=utf-8", Bytes::from_static(INDEX.as_bytes())));
+        return Ok((
+            200,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(INDEX.as_bytes()),
+        ));
     }
     if let Some(topic) = path.strip_prefix("/v1/snapshot/") {
         method(req, Method::Get)?;
@@ -239,9 +287,9 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
         }
         let topic = lookup_topic(w, topic)?;
         allowed(w, principal, &topic.name)?;
-        let ndjson = req
-            .header("content-type")
-            .is_some_and(|c| c.starts_with("application/x-ndjson") || c.starts_with("application/ndjson"));
+        let ndjson = req.header("content-type").is_some_and(|c| {
+            c.starts_with("application/x-ndjson") || c.starts_with("application/ndjson")
+        });
         let mut body = body;
         let rows = parse_rows(&mut body, ndjson, &topic.key_fields).map_err(|e| {
             tracing::debug!(error = %e, "publish refused");
@@ -311,10 +359,20 @@ fn preflight(w: &Worker, req: &Request) -> Routed {
 }
 
 fn authenticate(w: &Worker, req: &Request) -> Result<Principal, (u16, &'static str)> {
-    let headers: Vec<(&str, &str)> = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let query: Vec<(&str, &str)> = req.query.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let query: Vec<(&str, &str)> = req
+        .query
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     let cred = find_credential(&headers, &query);
-    w.keys.authenticate(&w.settings, cred).map_err(|e: AuthError| (401, e.message()))
+    w.keys
+        .authenticate(&w.settings, cred)
+        .map_err(|e: AuthError| (401, e.message()))
 }
 
 fn lookup_topic(w: &Worker, name: &str) -> Result<Arc<crate::hub::Topic>, (u16, &'static str)> {
@@ -340,7 +398,9 @@ fn allowed(w: &Worker, p: Principal, topic: &str) -> Result<usize, (u16, &'stati
         Principal::Anonymous => w.settings.anonymous_tier,
     };
     match w.settings.topic_rule(topic) {
-        Some(rule) if !rule.tiers.contains(&tier) => Err((403, "this tier may not subscribe to this topic")),
+        Some(rule) if !rule.tiers.contains(&tier) => {
+            Err((403, "this tier may not subscribe to this topic"))
+        }
         _ => Ok(tier),
     }
 }
@@ -354,7 +414,9 @@ fn stream_params(w: &Worker, req: &Request) -> Result<(u32, Option<u64>), (u16, 
             _ => return Err((400, "heartbeat_s must be an integer 1..30")),
         },
     };
-    let last = req.header("last-event-id").or_else(|| req.query("lastEventId"));
+    let last = req
+        .header("last-event-id")
+        .or_else(|| req.query("lastEventId"));
     // Unknown or malformed ids give a fresh initial state, never an error.
     let last_id = last.and_then(|s| s.trim().parse::<u64>().ok());
     Ok((heartbeat_s, last_id))
@@ -408,7 +470,11 @@ async fn stream_sse(w: Rc<Worker>, mut stream: TcpStream, req: Request, topic_na
     })));
     match start {
         Start::Replay(frames) => {
-            let max = if s.max_events == 0 { usize::MAX } else { s.max_events as usize };
+            let max = if s.max_events == 0 {
+                usize::MAX
+            } else {
+                s.max_events as usize
+            };
             let n = frames.len().min(max);
             for f in frames.into_iter().take(n) {
                 sub.push(frame(f));

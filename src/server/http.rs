@@ -46,11 +46,17 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn query(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -71,7 +77,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() >= MAX_HEAD_BYTES { Err(HttpError::HeadersTooLarge) } else { Ok(None) };
+            return if buf.len() >= MAX_HEAD_BYTES {
+                Err(HttpError::HeadersTooLarge)
+            } else {
+                Ok(None)
+            };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
         Err(_) => return Err(HttpError::Malformed("malformed HTTP request")),
@@ -91,12 +101,15 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         return Err(HttpError::HeadersTooLarge);
     }
     let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
-    let path = percent_decode(raw_path, false).ok_or(HttpError::Malformed("bad percent-encoding in path"))?;
+    let path = percent_decode(raw_path, false)
+        .ok_or(HttpError::Malformed("bad percent-encoding in path"))?;
     let mut query = Vec::new();
     for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k, true).ok_or(HttpError::Malformed("bad percent-encoding in query"))?;
-        let v = percent_decode(v, true).ok_or(HttpError::Malformed("bad percent-encoding in query"))?;
+        let k =
+            percent_decode(k, true).ok_or(HttpError::Malformed("bad percent-encoding in query"))?;
+        let v =
+            percent_decode(v, true).ok_or(HttpError::Malformed("bad percent-encoding in query"))?;
         query.push((k, v));
     }
 
@@ -106,10 +119,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let mut chunked = false;
     let mut owned = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        let value = std::str::from_utf8(h.value).map_err(|_| HttpError::Malformed("header value is not UTF-8"))?;
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| HttpError::Malformed("header value is not UTF-8"))?;
         let value = value.trim();
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value.parse().map_err(|_| HttpError::Malformed("bad Content-Length"))?;
+            let n: usize = value
+                .parse()
+                .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(HttpError::Malformed("conflicting Content-Length headers"));
             }
@@ -130,9 +146,20 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         owned.push((h.name.to_string(), value.to_string()));
     }
     if chunked && content_length.is_some() {
-        return Err(HttpError::Malformed("both Content-Length and Transfer-Encoding"));
+        return Err(HttpError::Malformed(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
-    Ok(Some(Request { method, path, query, headers: owned, content_length, chunked, keep_alive, head_len }))
+    Ok(Some(Request {
+        method,
+        path,
+        query,
+        headers: owned,
+        content_length,
+        chunked,
+        keep_alive,
+        head_len,
+    }))
 }
 
 /// Decodes `%XX` (and `+` as space in queries). `None` on a bad escape or
@@ -181,7 +208,11 @@ pub fn decode_chunked(buf: &[u8], limit: usize) -> Chunked {
     let mut i = 0;
     loop {
         let Some(nl) = buf[i..].windows(2).position(|w| w == b"\r\n") else {
-            return if buf.len() - i > 64 { Chunked::Malformed } else { Chunked::Partial };
+            return if buf.len() - i > 64 {
+                Chunked::Malformed
+            } else {
+                Chunked::Partial
+            };
         };
         let line = &buf[i..i + nl];
         let size_hex = line.split(|&b| b == b';').next().unwrap_or(b"");
@@ -277,12 +308,20 @@ pub fn response(
     sse::put_u64(&mut out, status.into());
     out.put_u8(b' ');
     out.put_slice(reason(status).as_bytes());
-    out.put_slice(b"\r\nContent-Type: ");
-    out.put_slice(content_type.as_bytes());
-    out.put_slice(b"\r\nContent-Length: ");
-    sse::put_u64(&mut out, body.len() as u64);
-    out.put_slice(b"\r\nCache-Control: no-store\r\n");
-    out.put_slice(if keep_alive { b"Connection: keep-alive\r\n" as &[u8] } else { b"Connection: close\r\n" });
+    out.put_slice(b"\r\n");
+    if status != 204 {
+        out.put_slice(b"Content-Type: ");
+        out.put_slice(content_type.as_bytes());
+        out.put_slice(b"\r\nContent-Length: ");
+        sse::put_u64(&mut out, body.len() as u64);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"Cache-Control: no-store\r\n");
+    out.put_slice(if keep_alive {
+        b"Connection: keep-alive\r\n" as &[u8]
+    } else {
+        b"Connection: close\r\n"
+    });
     cors_headers(&mut out, cors, origin);
     out.put_slice(extra.as_bytes());
     out.put_slice(b"\r\n");
@@ -300,8 +339,20 @@ pub fn error_response(
 ) -> BytesMut {
     let mut body = BytesMut::with_capacity(64 + message.len());
     sse::error_json(&mut body, error_code(status), message);
-    let extra = if status == 405 { "Allow: GET, POST, OPTIONS\r\n" } else { "" };
-    response(status, "application/json", &body, keep_alive, cors, origin, extra)
+    let extra = if status == 405 {
+        "Allow: GET, POST, OPTIONS\r\n"
+    } else {
+        ""
+    };
+    response(
+        status,
+        "application/json",
+        &body,
+        keep_alive,
+        cors,
+        origin,
+        extra,
+    )
 }
 
 #[cfg(test)]
@@ -344,12 +395,18 @@ mod tests {
         assert_eq!(parse(&many).unwrap_err(), HttpError::HeadersTooLarge);
         let big = vec![b'a'; MAX_HEAD_BYTES];
         assert!(parse(&big).is_err());
-        assert!(matches!(parse(b"\x16\x03\x01garbage\r\n\r\n"), Err(HttpError::Malformed(_))));
+        assert!(matches!(
+            parse(b"\x16\x03\x01garbage\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
         assert!(matches!(
             parse(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
             Err(HttpError::Malformed(_))
         ));
-        assert!(matches!(parse(b"GET /%zz HTTP/1.1\r\n\r\n"), Err(HttpError::Malformed(_))));
+        assert!(matches!(
+            parse(b"GET /%zz HTTP/1.1\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -372,6 +429,8 @@ mod tests {
         let r = error_response(404, "no such topic", false, &Cors::Any, None);
         let text = String::from_utf8(r.to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
-        assert!(text.ends_with("\r\n\r\n{\"error\":{\"code\":\"not_found\",\"message\":\"no such topic\"}}"));
+        assert!(text.ends_with(
+            "\r\n\r\n{\"error\":{\"code\":\"not_found\",\"message\":\"no such topic\"}}"
+        ));
     }
 }

@@ -81,7 +81,9 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     // The first listener fixes the port (the config may say port 0); the
     // others join it with SO_REUSEPORT.
     let first = bind(settings.listen).map_err(|e| ServerError::Bind(settings.listen, e))?;
-    let addr = first.local_addr().map_err(|e| ServerError::Bind(settings.listen, e))?;
+    let addr = first
+        .local_addr()
+        .map_err(|e| ServerError::Bind(settings.listen, e))?;
     let mut listeners = vec![first];
     for _ in 1..settings.workers {
         listeners.push(bind(addr).map_err(|e| ServerError::Bind(addr, e))?);
@@ -92,12 +94,23 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
     let driver = DriverChoice::from_env();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 
+    for source in &settings.sources {
+        match source {
+            SourceKind::Demo => {
+                sources::demo::spawn(hub.clone()).map_err(ServerError::Thread)?;
+            }
+        }
+    }
     let signals = spawn_signal_thread(hub.clone())?;
     let mut threads = Vec::with_capacity(settings.workers);
     for (id, listener) in listeners.into_iter().enumerate() {
         let hub = hub.clone();
         let keys = keys.clone();
-        let core = if cores.is_empty() { None } else { Some(cores[id % cores.len()]) };
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[id % cores.len()])
+        };
         let t = std::thread::Builder::new()
             .name(format!("sluice-worker-{id}"))
             .spawn(move || {
@@ -110,13 +123,6 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
         threads.push(t);
     }
 
-    for source in &settings.sources {
-        match source {
-            SourceKind::Demo => {
-                sources::demo::spawn(hub.clone()).map_err(ServerError::Thread)?;
-            }
-        }
-    }
     tracing::info!(%addr, workers = settings.workers, "listening on {addr}");
 
     for t in threads {
@@ -131,7 +137,8 @@ pub fn run(settings: Settings) -> Result<(), ServerError> {
 
 fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, ServerError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServerError::Signals)?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(ServerError::Signals)?;
     std::thread::Builder::new()
         .name("sluice-signals".into())
         .spawn(move || {
@@ -148,9 +155,19 @@ fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, Ser
         .map_err(ServerError::Thread)
 }
 
-fn run_worker(id: usize, hub: Arc<Hub>, keys: Arc<Keys>, listener: std::net::TcpListener, driver: DriverChoice) {
+fn run_worker(
+    id: usize,
+    hub: Arc<Hub>,
+    keys: Arc<Keys>,
+    listener: std::net::TcpListener,
+    driver: DriverChoice,
+) {
     if driver == DriverChoice::Auto {
-        match RuntimeBuilder::<IoUringDriver>::new().with_entries(URING_ENTRIES).enable_timer().build() {
+        match RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(URING_ENTRIES)
+            .enable_timer()
+            .build()
+        {
             Ok(mut rt) => {
                 if id == 0 {
                     tracing::info!("io_uring driver");
@@ -168,7 +185,10 @@ fn run_worker(id: usize, hub: Arc<Hub>, keys: Arc<Keys>, listener: std::net::Tcp
         tracing::info!("epoll driver (SLUICE_DRIVER=epoll)");
     }
     let rt: io::Result<monoio::Runtime<TimeDriver<LegacyDriver>>> =
-        RuntimeBuilder::<LegacyDriver>::new().with_entries(URING_ENTRIES).enable_timer().build();
+        RuntimeBuilder::<LegacyDriver>::new()
+            .with_entries(URING_ENTRIES)
+            .enable_timer()
+            .build();
     match rt {
         Ok(mut rt) => rt.block_on(worker_main(id, hub, keys, listener)),
         Err(e) => {

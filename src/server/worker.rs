@@ -65,7 +65,11 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn new(now: u32, heartbeat_s: u32, max_duration_s: u32) -> Subscriber {
-        let deadline = if max_duration_s == 0 { u32::MAX } else { now.saturating_add(max_duration_s) };
+        let deadline = if max_duration_s == 0 {
+            u32::MAX
+        } else {
+            now.saturating_add(max_duration_s)
+        };
         Subscriber {
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -209,7 +213,12 @@ impl Worker {
     /// Adds a subscriber to its topic's group and returns how it starts.
     /// The caller queues the start frames before yielding, so no live frame
     /// can come between them.
-    pub fn subscribe(&self, topic: &Arc<Topic>, sub: &Rc<Subscriber>, last_id: Option<u64>) -> Start {
+    pub fn subscribe(
+        &self,
+        topic: &Arc<Topic>,
+        sub: &Rc<Subscriber>,
+        last_id: Option<u64>,
+    ) -> Start {
         topic.add_interest(self.id);
         loop {
             let (start, pos) = topic.start(last_id);
@@ -217,9 +226,11 @@ impl Worker {
             // frames after its start.
             self.advance(topic, pos);
             let mut groups = self.groups.borrow_mut();
-            let group = groups
-                .entry(topic_key(topic))
-                .or_insert_with(|| Group { topic: topic.clone(), cursor: pos, members: Vec::new() });
+            let group = groups.entry(topic_key(topic)).or_insert_with(|| Group {
+                topic: topic.clone(),
+                cursor: pos,
+                members: Vec::new(),
+            });
             if group.cursor == pos {
                 group.members.push(sub.clone());
                 return start;
@@ -233,7 +244,9 @@ impl Worker {
     /// worker's group of its subscribers.
     pub fn advance(&self, topic: &Arc<Topic>, upto: u64) {
         let mut groups = self.groups.borrow_mut();
-        let Some(group) = groups.get_mut(&topic_key(topic)) else { return };
+        let Some(group) = groups.get_mut(&topic_key(topic)) else {
+            return;
+        };
         let now = self.now.get();
         let max_events = self.settings.max_events;
         let tail = topic.ring.tail().min(upto);
@@ -243,7 +256,9 @@ impl Worker {
                     group.cursor += 1;
                     let frame: Frame = Rc::new(bytes);
                     let delivered = self.fan_out(group, &frame, now, max_events);
-                    self.counters.delivered.set(self.counters.delivered.get() + delivered);
+                    self.counters
+                        .delivered
+                        .set(self.counters.delivered.get() + delivered);
                 }
                 Read::Lagged => {
                     // The worker fell a full ring behind: every member gets a
@@ -255,7 +270,9 @@ impl Worker {
                         m.wake();
                     }
                     group.cursor = pos;
-                    self.counters.lag_resyncs.set(self.counters.lag_resyncs.get() + 1);
+                    self.counters
+                        .lag_resyncs
+                        .set(self.counters.lag_resyncs.get() + 1);
                     break;
                 }
                 Read::Empty => break,
@@ -294,8 +311,13 @@ impl Worker {
             m.queue.borrow_mut().clear();
             m.queued_bytes.set(0);
             let retry = jittered_retry(self.settings.retry_ms);
-            m.close_with(Rc::new(sse::reconnect_frame(ReconnectReason::SlowConsumer, retry)), now);
-            self.counters.slow_consumers.set(self.counters.slow_consumers.get() + 1);
+            m.close_with(
+                Rc::new(sse::reconnect_frame(ReconnectReason::SlowConsumer, retry)),
+                now,
+            );
+            self.counters
+                .slow_consumers
+                .set(self.counters.slow_consumers.get() + 1);
             return false;
         }
         m.push(frame.clone());
@@ -340,7 +362,9 @@ impl Worker {
                             sub.last_write.set(now);
                             sub.wake();
                         }
-                        (sub.last_write.get() + sub.heartbeat_s).min(sub.deadline).max(now + 1)
+                        (sub.last_write.get() + sub.heartbeat_s)
+                            .min(sub.deadline)
+                            .max(now + 1)
                     }
                 }
             };
@@ -391,7 +415,10 @@ impl Worker {
         for (_, g) in groups {
             for m in g.members {
                 let retry = jittered_retry(self.settings.retry_ms);
-                m.close_with(Rc::new(sse::reconnect_frame(ReconnectReason::Shutdown, retry)), now);
+                m.close_with(
+                    Rc::new(sse::reconnect_frame(ReconnectReason::Shutdown, retry)),
+                    now,
+                );
             }
             g.topic.remove_interest(self.id);
         }
@@ -428,7 +455,10 @@ pub async fn tick_loop(w: Rc<Worker>) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .subsec_nanos();
-        monoio::time::sleep(Duration::from_nanos(1_000_000_000 - u64::from(nanos) + 1_000)).await;
+        monoio::time::sleep(Duration::from_nanos(
+            1_000_000_000 - u64::from(nanos) + 1_000,
+        ))
+        .await;
         w.tick();
     }
 }
@@ -455,11 +485,21 @@ mod tests {
 
     fn drain(sub: &Subscriber) -> Vec<String> {
         sub.queued_bytes.set(0);
-        sub.queue.borrow_mut().drain(..).map(|f| String::from_utf8(f.to_vec()).unwrap()).collect()
+        sub.queue
+            .borrow_mut()
+            .drain(..)
+            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .collect()
     }
 
     fn publish(hub: &Hub, t: &Arc<Topic>, n: u32) -> u64 {
-        hub.publish(t, &[Row { json: Bytes::from(format!("{{\"n\":{n}}}")), key: None }])
+        hub.publish(
+            t,
+            &[Row {
+                json: Bytes::from(format!("{{\"n\":{n}}}")),
+                key: None,
+            }],
+        )
     }
 
     #[test]
@@ -493,7 +533,11 @@ mod tests {
         w.on_inbox();
         let frames = drain(&s);
         assert_eq!(frames.len(), 1);
-        assert!(frames[0].starts_with("event: initial_state\n"), "{}", frames[0]);
+        assert!(
+            frames[0].starts_with("event: initial_state\n"),
+            "{}",
+            frames[0]
+        );
         publish(&hub, &t, 99);
         w.on_inbox();
         assert_eq!(drain(&s).len(), 1);
@@ -511,7 +555,10 @@ mod tests {
         w.on_inbox();
         let frames = drain(&s);
         assert_eq!(frames.len(), 3, "{frames:?}");
-        assert_eq!(frames[2], "event: limit\ndata: {\"type\":\"limit\",\"max_events\":2}\n\n");
+        assert_eq!(
+            frames[2],
+            "event: limit\ndata: {\"type\":\"limit\",\"max_events\":2}\n\n"
+        );
         assert_eq!(s.state(), SubState::Closing);
     }
 
@@ -527,7 +574,10 @@ mod tests {
         w.tick(); // 2: silent for 2 s
         let f = drain(&s);
         assert_eq!(f.len(), 1);
-        assert!(f[0].starts_with(": heartbeat ") && f[0].ends_with("\n\n"), "{f:?}");
+        assert!(
+            f[0].starts_with(": heartbeat ") && f[0].ends_with("\n\n"),
+            "{f:?}"
+        );
         w.tick(); // 3
         publish(&hub, &t, 1);
         w.on_inbox(); // a write at 3 postpones the heartbeat to 5
@@ -536,7 +586,10 @@ mod tests {
         assert!(drain(&s).is_empty());
         w.tick(); // 5: max duration
         let f = drain(&s);
-        assert_eq!(f, vec!["event: timeout\ndata: {\"type\":\"timeout\",\"max_duration_s\":5}\n\n"]);
+        assert_eq!(
+            f,
+            vec!["event: timeout\ndata: {\"type\":\"timeout\",\"max_duration_s\":5}\n\n"]
+        );
     }
 
     #[test]
@@ -547,12 +600,22 @@ mod tests {
         w.subscribe(&t, &s, None);
         let big = "x".repeat(200_000);
         for _ in 0..8 {
-            hub.publish(&t, &[Row { json: Bytes::from(format!("\"{big}\"")), key: None }]);
+            hub.publish(
+                &t,
+                &[Row {
+                    json: Bytes::from(format!("\"{big}\"")),
+                    key: None,
+                }],
+            );
             w.on_inbox();
         }
         let frames = drain(&s);
         assert_eq!(frames.len(), 1, "queue dropped, reconnect queued");
-        assert!(frames[0].contains("\"reason\":\"slow_consumer\""), "{}", frames[0]);
+        assert!(
+            frames[0].contains("\"reason\":\"slow_consumer\""),
+            "{}",
+            frames[0]
+        );
         assert_eq!(s.state(), SubState::Closing);
     }
 }

@@ -30,15 +30,23 @@ pub enum PublishError {
 }
 
 /// Parses a body into rows. `body` is used as simd-json's scratch space.
-pub fn parse_rows(body: &mut [u8], ndjson: bool, key_fields: &[String]) -> Result<Vec<Row>, PublishError> {
+pub fn parse_rows(
+    body: &mut [u8],
+    ndjson: bool,
+    key_fields: &[String],
+) -> Result<Vec<Row>, PublishError> {
     let mut rows = Vec::new();
     if ndjson {
         let mut start = 0;
         while start < body.len() {
-            let end = body[start..].iter().position(|&b| b == b'\n').map_or(body.len(), |i| start + i);
+            let end = body[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(body.len(), |i| start + i);
             let line = &mut body[start..end];
             if line.iter().any(|b| !b.is_ascii_whitespace()) {
-                let v = simd_json::to_borrowed_value(line).map_err(|e| PublishError::Json(e.to_string()))?;
+                let v = simd_json::to_borrowed_value(line)
+                    .map_err(|e| PublishError::Json(e.to_string()))?;
                 push_row(&mut rows, &v, key_fields)?;
             }
             start = end + 1;
@@ -47,7 +55,8 @@ pub fn parse_rows(body: &mut [u8], ndjson: bool, key_fields: &[String]) -> Resul
         if body.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(PublishError::Empty);
         }
-        let v = simd_json::to_borrowed_value(body).map_err(|e| PublishError::Json(e.to_string()))?;
+        let v =
+            simd_json::to_borrowed_value(body).map_err(|e| PublishError::Json(e.to_string()))?;
         match v.as_array() {
             Some(items) => {
                 if items.len() > MAX_ROWS_PER_PUBLISH {
@@ -67,7 +76,11 @@ pub fn parse_rows(body: &mut [u8], ndjson: bool, key_fields: &[String]) -> Resul
     Ok(rows)
 }
 
-fn push_row(rows: &mut Vec<Row>, v: &BorrowedValue<'_>, key_fields: &[String]) -> Result<(), PublishError> {
+fn push_row(
+    rows: &mut Vec<Row>,
+    v: &BorrowedValue<'_>,
+    key_fields: &[String],
+) -> Result<(), PublishError> {
     let n = rows.len();
     if n >= MAX_ROWS_PER_PUBLISH {
         return Err(PublishError::TooManyRows);
@@ -78,7 +91,9 @@ fn push_row(rows: &mut Vec<Row>, v: &BorrowedValue<'_>, key_fields: &[String]) -
     } else {
         let mut key = String::new();
         for (i, field) in key_fields.iter().enumerate() {
-            let value = obj.get(field.as_str()).ok_or_else(|| PublishError::MissingKey(n, field.clone()))?;
+            let value = obj
+                .get(field.as_str())
+                .ok_or_else(|| PublishError::MissingKey(n, field.clone()))?;
             if i > 0 {
                 key.push('\u{1f}');
             }
@@ -89,7 +104,10 @@ fn push_row(rows: &mut Vec<Row>, v: &BorrowedValue<'_>, key_fields: &[String]) -
         }
         Some(key.into_boxed_str())
     };
-    rows.push(Row { json: Bytes::from(v.encode().into_bytes()), key });
+    rows.push(Row {
+        json: Bytes::from(v.encode().into_bytes()),
+        key,
+    });
     Ok(())
 }
 
@@ -122,17 +140,29 @@ mod tests {
     #[test]
     fn all_or_nothing() {
         let mut b = br#"[{"a":1}, 3]"#.to_vec();
-        assert_eq!(parse_rows(&mut b, false, &[]).unwrap_err(), PublishError::NotAnObject(1));
+        assert_eq!(
+            parse_rows(&mut b, false, &[]).unwrap_err(),
+            PublishError::NotAnObject(1)
+        );
         let mut b = br#"[{"id":1},{"x":2}]"#.to_vec();
         assert_eq!(
             parse_rows(&mut b, false, &keys(&["id"])).unwrap_err(),
             PublishError::MissingKey(1, "id".into())
         );
         let mut b = br#"{"a":"#.to_vec();
-        assert!(matches!(parse_rows(&mut b, false, &[]), Err(PublishError::Json(_))));
+        assert!(matches!(
+            parse_rows(&mut b, false, &[]),
+            Err(PublishError::Json(_))
+        ));
         let mut b = b"  ".to_vec();
-        assert_eq!(parse_rows(&mut b, false, &[]).unwrap_err(), PublishError::Empty);
+        assert_eq!(
+            parse_rows(&mut b, false, &[]).unwrap_err(),
+            PublishError::Empty
+        );
         let mut b = b"[]".to_vec();
-        assert_eq!(parse_rows(&mut b, false, &[]).unwrap_err(), PublishError::Empty);
+        assert_eq!(
+            parse_rows(&mut b, false, &[]).unwrap_err(),
+            PublishError::Empty
+        );
     }
 }

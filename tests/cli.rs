@@ -1,0 +1,196 @@
+//! The command line (SPEC §5): check-config, exit codes, the demo feed, and
+//! the shipped config and systemd unit.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn check(path: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn repo(p: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    for f in [
+        "config/sluice.toml",
+        "config/demo.toml",
+        "scripts/bench.toml",
+    ] {
+        let (code, _, err) = check(&repo(f));
+        assert_eq!(code, 0, "{f}: {err}");
+    }
+}
+
+#[test]
+fn bad_configs_exit_1_with_line_and_column() {
+    let cases = [
+        (
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n",
+            "line 3, column 1",
+            "lisen",
+        ),
+        (
+            "[server]\nheartbeat_s = 0\n",
+            "line 2, column 15",
+            "heartbeat_s",
+        ),
+        (
+            "[[keys]]\nname = \"a\"\nkey = \"k\"\ntier = \"gold\"\n",
+            "line 4, column 8",
+            "unknown tier",
+        ),
+        (
+            "[[topics]]\npattern = \"a b\"\n",
+            "line 2, column 11",
+            "not a topic name",
+        ),
+        ("[server\n", "line 1", ""),
+        (
+            "[[sources]]\nkind = \"kafka\"\n",
+            "line 2, column 8",
+            "unknown source kind",
+        ),
+    ];
+    for (src, pos, what) in cases {
+        let p = temp_path("bad.toml");
+        std::fs::write(&p, src).unwrap();
+        let (code, _, err) = check(&p);
+        assert_eq!(code, 1, "{src:?}");
+        assert!(
+            err.contains(pos) && err.contains(what),
+            "{src:?} gave {err:?}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
+
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "serve with {src:?}");
+        let _ = std::fs::remove_file(&p);
+    }
+    let (code, _, err) = check(std::path::Path::new("/nonexistent/sluice.toml"));
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/sluice.toml"), "{err}");
+}
+
+#[test]
+fn start_up_failure_is_exit_1_with_a_reason() {
+    let s = Server::start(&config("", ""));
+    let busy = config("", "")
+        .replace("127.0.0.1:0", &s.addr.to_string())
+        .replace("workers = 2", "workers = 1");
+    // SO_REUSEPORT would let a second sluice share the port; bind a plain
+    // listener elsewhere and point at it instead.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.replace(
+        &s.addr.to_string(),
+        &plain.local_addr().unwrap().to_string(),
+    );
+    let p = temp_path("busy.toml");
+    std::fs::write(&p, busy).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
+    let _ = std::fs::remove_file(&p);
+}
+
+#[test]
+fn demo_feed_streams_odds_and_ticks() {
+    for driver in DRIVERS {
+        let demo = std::fs::read_to_string(repo("config/demo.toml"))
+            .unwrap()
+            .replace("127.0.0.1:8080", "127.0.0.1:0");
+        let s = Server::start_with(&demo, driver);
+        let mut c = s.subscribe("/v1/sse/odds/basketball_nba", &[]);
+        let (conn, init) = c.start();
+        assert_eq!(
+            conn.json()["tier"],
+            "business",
+            "anonymous tier of the demo"
+        );
+        let rows = init.json()["data"].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 144);
+        for field in [
+            "event_id",
+            "bookmaker",
+            "market",
+            "outcome",
+            "price_american",
+            "kind",
+        ] {
+            assert!(
+                rows.iter().all(|r| r.get(field).is_some()),
+                "every row has {field}"
+            );
+        }
+        let u = c.next_event().unwrap();
+        assert_eq!(u.event(), "odds_update");
+        assert!(u.json()["count"].as_u64().unwrap() >= 1);
+
+        let mut t = s.subscribe("/v1/sse/ticker/MSFT", &[("X-API-Key", "demo-scale")]);
+        let (conn, init) = t.start();
+        assert_eq!(conn.json()["tier"], "scale");
+        assert_eq!(init.json()["data"][0]["symbol"], "MSFT");
+        let mut last: u64 = init.id.unwrap().parse().unwrap();
+        for _ in 0..3 {
+            let f = t.next_event().unwrap();
+            assert_eq!(f.event(), "tick");
+            let id: u64 = f.id.unwrap().parse().unwrap();
+            assert!(id > last);
+            last = id;
+        }
+    }
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        panic!("systemd-analyze is needed for this test (.ci/run installs systemd)");
+    };
+    assert!(out.status.success());
+    let unit = std::fs::read_to_string(repo("systemd/sluice.service"))
+        .unwrap()
+        .replace("/usr/local/bin/sluice", BIN)
+        .replace(
+            "/etc/sluice/sluice.toml",
+            repo("config/sluice.toml").to_str().unwrap(),
+        );
+    let dir = temp_path("unit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("sluice.service"))
+        .collect();
+    assert!(out.status.success() && ours.is_empty(), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

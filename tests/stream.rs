@@ -1,0 +1,310 @@
+//! SSE streams end to end: frames of SPEC §2 in order and exact, fan-out to
+//! many subscribers, heartbeats, closing frames, resume, drain. Every test
+//! that does I/O runs on both monoio drivers.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+
+#[test]
+fn connected_initial_state_and_updates_are_exact() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("retry_ms = 2500\nheartbeat_s = 20", ""), driver);
+        s.publish("k/a", r#"[{"id":1,"v":"x"},{"id":2,"v":"y"}]"#);
+        let id0 = s.publish("k/a", r#"{"id":1,"v":"z"}"#);
+
+        let mut c = s.subscribe("/v1/sse/k/a", &[]);
+        assert!(c.head.starts_with("HTTP/1.1 200 OK\r\n"), "{}", c.head);
+        for h in [
+            "Content-Type: text/event-stream",
+            "Cache-Control: no-cache",
+            "X-Accel-Buffering: no",
+        ] {
+            assert!(c.head.contains(h), "missing {h}: {}", c.head);
+        }
+        let (conn, init) = c.start();
+        assert_eq!(conn.retry.as_deref(), Some("2500"));
+        let cj = conn.json();
+        assert_eq!(cj["type"], "connected");
+        assert_eq!(cj["topic"], "k/a");
+        assert_eq!(cj["tier"], "scale");
+        assert_eq!(cj["push_mode"], "raw");
+        assert_eq!(cj["min_push_interval_s"], 0.0);
+        assert_eq!(cj["transport"], "sse");
+        assert_eq!(cj["heartbeat_s"], 20);
+        assert_eq!(cj["resumed"], false);
+        assert!(cj["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+
+        assert_eq!(init.event(), "initial_state");
+        assert_eq!(init.id.as_deref(), Some(id0.as_str()));
+        let ij = init.json();
+        let ts = ij["timestamp"].as_u64().unwrap();
+        assert_eq!(
+            init.raw,
+            format!(
+                "event: initial_state\nid: {id0}\ndata: {{\"type\":\"initial_state\",\"topic\":\"k/a\",\"count\":2,\"timestamp\":{ts},\"data\":[{{\"id\":1,\"v\":\"z\"}},{{\"id\":2,\"v\":\"y\"}}]}}\n\n"
+            )
+        );
+
+        let id1 = s.publish("k/a", r#"[{"id":3, "v": [1, 2]}]"#);
+        let u = c.next_event().unwrap();
+        let ts = u.json()["timestamp"].as_u64().unwrap();
+        assert_eq!(
+            u.raw,
+            format!(
+                "event: update\nid: {id1}\ndata: {{\"type\":\"update\",\"topic\":\"k/a\",\"count\":1,\"timestamp\":{ts},\"data\":[{{\"id\":3,\"v\":[1,2]}}]}}\n\n"
+            )
+        );
+        assert!(id1.parse::<u64>().unwrap() > id0.parse::<u64>().unwrap());
+    }
+}
+
+#[test]
+fn an_update_reaches_each_of_500_subscribers_once_and_in_order() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("", ""), driver);
+        let mut clients: Vec<SseClient> = (0..500)
+            .map(|_| s.subscribe("/v1/sse/fan/out", &[]))
+            .collect();
+        // Each initial state means that subscriber is in its worker's group.
+        for c in clients.iter_mut() {
+            let (_, init) = c.start();
+            assert_eq!(init.event(), "initial_state");
+        }
+        let ids: Vec<String> = (0..20)
+            .map(|i| s.publish("fan/out", &format!("{{\"n\":{i}}}")))
+            .collect();
+        for (n, c) in clients.iter_mut().enumerate() {
+            for (i, id) in ids.iter().enumerate() {
+                let f = c.next_event().unwrap();
+                assert_eq!(f.id.as_ref(), Some(id), "client {n} frame {i} ({driver:?})");
+                assert_eq!(f.json()["data"][0]["n"], i, "client {n}");
+            }
+        }
+        // Nothing more: the next frame any client sees is a later update.
+        let last = s.publish("fan/out", r#"{"n":"end"}"#);
+        for c in clients.iter_mut() {
+            assert_eq!(c.next_event().unwrap().id.as_ref(), Some(&last));
+        }
+    }
+}
+
+#[test]
+fn heartbeat_comment_when_silent() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("", ""), driver);
+        let mut c = s.subscribe("/v1/sse/hb?heartbeat_s=1", &[]);
+        let (conn, _) = c.start();
+        assert_eq!(conn.json()["heartbeat_s"], 1);
+        let hb = c.next().unwrap();
+        assert!(hb.data.is_none() && hb.event.is_none(), "{}", hb.raw);
+        let secs: u64 = hb
+            .raw
+            .strip_prefix(": heartbeat ")
+            .and_then(|r| r.strip_suffix("\n\n"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(secs.abs_diff(now) <= 2, "{secs} vs {now}");
+    }
+}
+
+#[test]
+fn heartbeat_out_of_range_is_400() {
+    let s = Server::start(&config("", ""));
+    for q in ["0", "31", "x", ""] {
+        let c = s.subscribe(&format!("/v1/sse/hb?heartbeat_s={q}"), &[]);
+        assert_eq!(c.status, 400, "heartbeat_s={q}");
+        let v: serde_json::Value = serde_json::from_str(&c.body_if_error).unwrap();
+        assert_eq!(v["error"]["code"], "bad_request");
+    }
+}
+
+#[test]
+fn limit_frame_after_max_events_then_close() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("max_events = 3", ""), driver);
+        let mut c = s.subscribe("/v1/sse/lim", &[]);
+        c.start();
+        for i in 0..5 {
+            s.publish("lim", &format!("{{\"i\":{i}}}"));
+        }
+        let rest = c.rest();
+        let events: Vec<&str> = rest
+            .iter()
+            .filter(|f| f.data.is_some())
+            .map(|f| f.event())
+            .collect();
+        assert_eq!(events, ["update", "update", "update", "limit"], "{rest:?}");
+        assert_eq!(
+            rest.last().unwrap().raw,
+            "event: limit\ndata: {\"type\":\"limit\",\"max_events\":3}\n\n"
+        );
+    }
+}
+
+#[test]
+fn timeout_frame_at_max_duration_then_close() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("max_duration_s = 1\nheartbeat_s = 30", ""), driver);
+        let mut c = s.subscribe("/v1/sse/dur", &[]);
+        c.start();
+        let rest = c.rest();
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert_eq!(
+            rest[0].raw,
+            "event: timeout\ndata: {\"type\":\"timeout\",\"max_duration_s\":1}\n\n"
+        );
+    }
+}
+
+#[test]
+fn resume_replays_exactly_the_frames_after_last_event_id() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("", ""), driver);
+        let ids: Vec<String> = (0..6)
+            .map(|i| s.publish("res/a", &format!("{{\"i\":{i}}}")))
+            .collect();
+
+        // Header form.
+        let mut c = s.subscribe("/v1/sse/res/a", &[("Last-Event-ID", &ids[2])]);
+        let (conn, first) = c.start();
+        assert_eq!(conn.json()["resumed"], true);
+        let mut got = vec![first];
+        for _ in 0..2 {
+            got.push(c.next_event().unwrap());
+        }
+        let got_ids: Vec<String> = got.iter().map(|f| f.id.clone().unwrap()).collect();
+        assert_eq!(got_ids, ids[3..].to_vec());
+        assert!(got.iter().all(|f| f.event() == "update"));
+        // then live, no duplicate
+        let next = s.publish("res/a", r#"{"i":6}"#);
+        assert_eq!(c.next_event().unwrap().id, Some(next.clone()));
+
+        // Query form; the header wins when both are given.
+        let mut c = s.subscribe(&format!("/v1/sse/res/a?lastEventId={}", ids[4]), &[]);
+        let (conn, first) = c.start();
+        assert_eq!(conn.json()["resumed"], true);
+        assert_eq!(first.id, Some(ids[5].clone()));
+        let mut c = s.subscribe(
+            &format!("/v1/sse/res/a?lastEventId={}", ids[0]),
+            &[("Last-Event-ID", &ids[5])],
+        );
+        let (_, first) = c.start();
+        assert_eq!(first.id, Some(next.clone()));
+
+        // Resuming from the newest id: no replay frame, straight to live.
+        let mut c = s.subscribe("/v1/sse/res/a", &[("Last-Event-ID", &next)]);
+        let conn = c.next_event().unwrap();
+        assert_eq!(conn.json()["resumed"], true);
+        let live = s.publish("res/a", r#"{"i":7}"#);
+        assert_eq!(c.next_event().unwrap().id, Some(live.clone()));
+
+        // Unknown, malformed: resumed false and an initial state.
+        for bad in ["123", "abc", "", "99999999999999999999999"] {
+            let mut c = s.subscribe("/v1/sse/res/a", &[("Last-Event-ID", bad)]);
+            let (conn, init) = c.start();
+            assert_eq!(conn.json()["resumed"], false, "id {bad:?}");
+            assert_eq!(init.event(), "initial_state");
+            assert_eq!(init.id, Some(live.clone()));
+        }
+    }
+}
+
+#[test]
+fn resume_across_a_restart_gets_a_fresh_state_and_newer_ids() {
+    let cfg = config("", "");
+    let s = Server::start(&cfg);
+    let old: Vec<String> = (0..3)
+        .map(|i| s.publish("rr", &format!("{{\"i\":{i}}}")))
+        .collect();
+    let mut c = s.subscribe("/v1/sse/rr", &[]);
+    c.start();
+    let status = s.stop();
+    assert!(status.success(), "{status:?}");
+    let rest = c.rest();
+    let last = rest.last().expect("a closing frame");
+    assert_eq!(last.event(), "reconnect");
+    let j = last.json();
+    assert_eq!(j["reason"], "shutdown");
+    let r = j["retry_ms"].as_u64().unwrap();
+    assert_eq!(last.retry.as_deref(), Some(r.to_string().as_str()));
+    assert!((2250..=3750).contains(&r), "retry {r} jittered around 3000");
+
+    let s = Server::start(&cfg);
+    let fresh = s.publish("rr", r#"{"i":"new"}"#);
+    assert!(
+        old.iter()
+            .all(|o| o.parse::<u64>().unwrap() < fresh.parse::<u64>().unwrap())
+    );
+    let mut c = s.subscribe("/v1/sse/rr", &[("Last-Event-ID", &old[2])]);
+    let (conn, init) = c.start();
+    assert_eq!(conn.json()["resumed"], false);
+    assert_eq!(init.event(), "initial_state");
+    assert_eq!(init.id, Some(fresh));
+}
+
+#[test]
+fn drain_tells_every_stream_to_reconnect_with_spread_retries() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("", ""), driver);
+        let mut clients: Vec<SseClient> = (0..40).map(|_| s.subscribe("/v1/sse/dr", &[])).collect();
+        for c in clients.iter_mut() {
+            c.start();
+        }
+        assert!(s.stop().success());
+        let mut retries = HashSet::new();
+        for c in clients.iter_mut() {
+            let rest = c.rest();
+            let f = rest
+                .iter()
+                .find(|f| f.event() == "reconnect")
+                .expect("reconnect frame");
+            assert_eq!(f.json()["reason"], "shutdown");
+            retries.insert(f.json()["retry_ms"].as_u64().unwrap());
+        }
+        assert!(retries.len() > 5, "retries are jittered: {retries:?}");
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_told_slow_consumer_and_others_keep_up() {
+    use std::io::Read;
+    let s = Server::start(&config("", ""));
+    // A subscriber that stops reading after its request.
+    let mut stuck = std::net::TcpStream::connect(s.addr).unwrap();
+    std::io::Write::write_all(&mut stuck, b"GET /v1/sse/slow HTTP/1.1\r\n\r\n").unwrap();
+    let mut good = s.subscribe("/v1/sse/slow", &[]);
+    good.start();
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(60_000));
+    // 200 x 60 KB: far more than the 1 MiB queue bound plus socket buffers.
+    for _ in 0..200 {
+        let id = s.publish("slow", &big);
+        let f = good.next_event().unwrap();
+        assert_eq!(f.id, Some(id), "the reading client keeps up");
+    }
+    // Now read what the stuck client was sent: it ends with the reconnect.
+    stuck.set_read_timeout(Some(WAIT)).unwrap();
+    let mut all = Vec::new();
+    stuck.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    let last_event = text.rfind("event: ").map(|i| &text[i..]).unwrap_or("");
+    assert!(
+        last_event.starts_with("event: reconnect\nretry: ")
+            && last_event.contains("\"reason\":\"slow_consumer\""),
+        "the last frame of the stuck client is a slow_consumer reconnect; got {} bytes ending {:?}",
+        all.len(),
+        &text[text.len().saturating_sub(200)..]
+    );
+    // Counters are flushed on the workers' one-second tick.
+    eventually("the slow consumer to be counted", || {
+        let (_, _, metrics) = s.request("GET", "/metrics", &[], b"");
+        metric(&metrics, "sluice_sse_slow_consumers_total") >= 1.0
+    });
+}
