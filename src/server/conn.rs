@@ -492,7 +492,8 @@ async fn stream_sse(w: Rc<Worker>, mut stream: TcpStream, req: Request, topic_na
     w.streams.set(w.streams.get() + 1);
     w.hub.streams.fetch_add(1, Ordering::Relaxed);
     topic.subscribers.fetch_add(1, Ordering::Relaxed);
-    write_loop(&sub, stream).await;
+    write_loop(&w, &sub, stream).await;
+    w.release_write(&sub);
     sub.set_closed();
     topic.subscribers.fetch_sub(1, Ordering::Relaxed);
     w.hub.streams.fetch_sub(1, Ordering::Relaxed);
@@ -519,7 +520,7 @@ async fn watch_peer(mut rd: OwnedReadHalf<TcpStream>) {
 }
 
 /// Writes what the fan-out queues on `sub` until the stream ends.
-async fn write_loop(sub: &Subscriber, stream: TcpStream) {
+async fn write_loop(w: &Worker, sub: &Rc<Subscriber>, stream: TcpStream) {
     let (rd, mut wr) = stream.into_split();
     let mut peer = pin!(watch_peer(rd));
     let mut batch = FrameBatch::new();
@@ -529,9 +530,10 @@ async fn write_loop(sub: &Subscriber, stream: TcpStream) {
                 return Poll::Ready(false);
             }
             if sub.has_queued() {
-                return Poll::Ready(true);
-            }
-            if sub.state() != SubState::Open {
+                if w.acquire_write(sub) {
+                    return Poll::Ready(true);
+                }
+            } else if sub.state() != SubState::Open {
                 return Poll::Ready(false);
             }
             sub.register(cx.waker());
@@ -566,6 +568,7 @@ async fn write_loop(sub: &Subscriber, stream: TcpStream) {
                 _ => return,
             }
         }
+        w.release_write(sub);
     }
     let _ = wr.shutdown().await;
 }

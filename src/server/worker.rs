@@ -33,6 +33,12 @@ pub const MAX_QUEUED_BYTES: usize = 1 << 20;
 pub const CLOSE_GRACE_S: u32 = 5;
 /// Seconds a draining worker waits for its streams to flush and close.
 pub const DRAIN_GRACE_S: u32 = 5;
+/// Most stream writes a worker has in flight at once. Under light load no
+/// connection ever waits for one; when the worker saturates, connections
+/// queue for a permit in FIFO order and frames that arrive meanwhile join
+/// their next write, so a write carries several frames and the kernel's
+/// per-segment cost is paid once for them.
+pub const WRITE_PERMITS: usize = 512;
 /// Slots of the timer wheel (must exceed the largest heartbeat_s, 30).
 const WHEEL_SLOTS: usize = 64;
 
@@ -61,6 +67,11 @@ pub struct Subscriber {
     /// Worker tick after which a closing connection is aborted.
     close_deadline: Cell<u32>,
     heartbeat_s: u32,
+    /// Holds one of the worker's write permits.
+    permit: Cell<bool>,
+    /// Waiting in the worker's permit queue, or writing: the fan-out need
+    /// not wake it (it looks at its queue when the write ends).
+    busy: Cell<bool>,
 }
 
 impl Subscriber {
@@ -80,6 +91,8 @@ impl Subscriber {
             deadline,
             close_deadline: Cell::new(u32::MAX),
             heartbeat_s,
+            permit: Cell::new(false),
+            busy: Cell::new(false),
         }
     }
 
@@ -103,6 +116,13 @@ impl Subscriber {
     fn wake(&self) {
         if let Some(w) = self.waker.take() {
             w.wake();
+        }
+    }
+
+    /// Wakes the connection task unless it will look at its queue anyway.
+    fn nudge(&self) {
+        if !self.busy.get() {
+            self.wake();
         }
     }
 
@@ -173,6 +193,8 @@ pub struct Worker {
     pub streams: Cell<usize>,
     draining_since: Cell<Option<u32>>,
     pub counters: WorkerCounters,
+    permits: Cell<usize>,
+    permit_queue: RefCell<VecDeque<Rc<Subscriber>>>,
 }
 
 fn topic_key(topic: &Arc<Topic>) -> usize {
@@ -199,7 +221,45 @@ impl Worker {
             streams: Cell::new(0),
             draining_since: Cell::new(None),
             counters: WorkerCounters::default(),
+            permits: Cell::new(WRITE_PERMITS),
+            permit_queue: RefCell::new(VecDeque::new()),
         }
+    }
+
+    /// Takes a write permit for `sub`, or queues it for the next one (it is
+    /// woken when handed one). True when it holds a permit.
+    pub fn acquire_write(&self, sub: &Rc<Subscriber>) -> bool {
+        if sub.permit.get() {
+            return true;
+        }
+        if self.permits.get() > 0 && self.permit_queue.borrow().is_empty() {
+            self.permits.set(self.permits.get() - 1);
+            sub.permit.set(true);
+            sub.busy.set(true);
+            return true;
+        }
+        if !sub.busy.get() {
+            sub.busy.set(true);
+            self.permit_queue.borrow_mut().push_back(sub.clone());
+        }
+        false
+    }
+
+    /// Ends `sub`'s write: its permit goes to the first live waiter.
+    pub fn release_write(&self, sub: &Subscriber) {
+        sub.busy.set(false);
+        if !sub.permit.replace(false) {
+            return;
+        }
+        let mut q = self.permit_queue.borrow_mut();
+        while let Some(next) = q.pop_front() {
+            if next.state.get() != SubState::Closed {
+                next.permit.set(true);
+                next.wake();
+                return;
+            }
+        }
+        self.permits.set(self.permits.get() + 1);
     }
 
     pub fn now(&self) -> u32 {
@@ -299,7 +359,7 @@ impl Worker {
                     m.close_with(limit, now);
                 }
             }
-            m.wake();
+            m.nudge();
             i += 1;
         }
         delivered

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the peer benchmark harness (../shared/bench: nchan, Pushpin, axum, the
+# epoll "floor") with sluice added as the target `sluice`, in a writable copy.
+#
+#   scripts/peer-bench.sh SCENARIO [TARGET ...]     default targets: sluice floor
+#   e.g. scripts/peer-bench.sh fanout-10k sluice floor nchan
+#
+# Results: one JSON line per run in $BENCH_WORK/results.jsonl, tables via
+# report.py. Server on core 0, load on core 1 (the harness's own pinning).
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+src="${BENCH_SRC:-$repo/../shared/bench}"
+work="${BENCH_WORK:-/tmp/sluice-peerbench}"
+scenario="${1:?usage: peer-bench.sh SCENARIO [TARGET ...]}"
+shift
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(sluice floor)
+
+mkdir -p "$work"
+# copy the harness (not its build output) so it can build and write results
+(cd "$src" && tar --exclude=./target --exclude=./results.jsonl -cf - .) | (cd "$work" && tar -xf -)
+chmod -R u+w "$work"
+cp "$repo/scripts/bench-target.sh" "$work/targets/sluice.sh"
+[ -x "$work/target/release/ssebench" ] && [ -x "$work/floor/floor" ] || (cd "$work" && ./build.sh >/dev/null)
+
+(cd "$repo" && cargo build --release --locked)
+export SLUICE_BIN="$repo/target/release/sluice" SLUICE_CONFIG="$repo/scripts/bench.toml" SLUICE_REPO="$repo"
+for t in "${targets[@]}"; do
+  "$work/run.sh" "$t" "$scenario"
+done
+python3 "$work/report.py" "$work/results.jsonl" > "$work/results-table.md" || true
+echo "results: $work/results.jsonl, tables: $work/results-table.md"
