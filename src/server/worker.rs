@@ -38,7 +38,12 @@ pub const DRAIN_GRACE_S: u32 = 5;
 /// queue for a permit in FIFO order and frames that arrive meanwhile join
 /// their next write, so a write carries several frames and the kernel's
 /// per-segment cost is paid once for them.
-pub const WRITE_PERMITS: usize = 512;
+///
+/// 32 measured best on the 2-core machine (scripts/peer-bench.sh fanout-1k
+/// and fanout-10k): 512 let one loop turn run ~4 ms of inline sends, which
+/// delayed publishes and capped the 1k × 200/s case at 115 events/s; 16–128
+/// all kept up with 200/s at the same CPU per delivery.
+pub const WRITE_PERMITS: usize = 32;
 /// Slots of the timer wheel (must exceed the largest heartbeat_s, 30).
 const WHEEL_SLOTS: usize = 64;
 
