@@ -4,8 +4,9 @@
 //!
 //! Hot module; one of the two places with `unsafe` (the `IoVecBuf` contract
 //! of monoio). The batch owns an `Rc` of every frame it points into, and
-//! its two `Vec`s are reused across writes, so a write allocates nothing once
-//! a connection has sent its first batch.
+//! batches are pooled per worker (`Worker::take_batch`): only connections
+//! with a write in flight hold one, and a write allocates nothing once the
+//! pool is warm.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -90,10 +91,10 @@ impl FrameBatch {
 // forward within the same frame in `advance`), and every frame is an
 // `Rc<Bytes>` whose heap bytes never move while the `Rc` is held. While the
 // runtime owns the batch (during a write) nothing mutates it, and the `Vec`s'
-// heap buffers do not move when the batch value itself is moved. So the
+// heap buffers do not move when the batch (or its box) is moved. So the
 // pointer and length returned describe `iovecs.len()` valid iovecs for as
 // long as the runtime holds the value.
-unsafe impl monoio::buf::IoVecBuf for FrameBatch {
+unsafe impl monoio::buf::IoVecBuf for Box<FrameBatch> {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         self.iovecs.as_ptr()
     }

@@ -23,7 +23,7 @@ use crate::auth::Keys;
 use crate::config::Settings;
 use crate::hub::{Hub, Read, Start, Topic};
 use crate::metrics::WorkerCounters;
-use crate::server::iovec::Frame;
+use crate::server::iovec::{Frame, FrameBatch};
 use crate::sse::{self, ReconnectReason};
 use crate::time::unix_secs;
 
@@ -138,7 +138,7 @@ impl Subscriber {
     }
 
     /// Takes queued frames into a write batch.
-    pub fn take_into(&self, batch: &mut crate::server::iovec::FrameBatch) {
+    pub fn take_into(&self, batch: &mut FrameBatch) {
         let n = batch.fill(&mut self.queue.borrow_mut());
         self.queued_bytes.set(self.queued_bytes.get() - n);
     }
@@ -200,6 +200,10 @@ pub struct Worker {
     pub counters: WorkerCounters,
     permits: Cell<usize>,
     permit_queue: RefCell<VecDeque<Rc<Subscriber>>>,
+    /// Empty write batches, kept for the next writer. Boxed: the box is
+    /// what a write hands to the kernel and gets back, so the pool keeps it.
+    #[allow(clippy::vec_box)]
+    batches: RefCell<Vec<Box<FrameBatch>>>,
 }
 
 fn topic_key(topic: &Arc<Topic>) -> usize {
@@ -228,6 +232,20 @@ impl Worker {
             counters: WorkerCounters::default(),
             permits: Cell::new(WRITE_PERMITS),
             permit_queue: RefCell::new(VecDeque::new()),
+            batches: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// An empty write batch from the pool (allocated only while the pool is
+    /// cold: there are never more than `WRITE_PERMITS` in use).
+    pub fn take_batch(&self) -> Box<FrameBatch> {
+        self.batches.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Gives a batch back once its write has ended.
+    pub fn return_batch(&self, batch: Box<FrameBatch>) {
+        if batch.is_empty() {
+            self.batches.borrow_mut().push(batch);
         }
     }
 
