@@ -364,3 +364,86 @@ fn healthz_and_metrics() {
     );
     assert!(body.contains("sluice_connections_open"), "{body}");
 }
+
+#[test]
+fn node_connection_limit_is_503() {
+    let s = Server::start(&config("max_connections = 3", ""));
+    let mut streams: Vec<SseClient> = (0..3).map(|_| s.subscribe("/v1/sse/cap", &[])).collect();
+    for c in streams.iter_mut() {
+        c.start();
+    }
+    let c = s.subscribe("/v1/sse/cap", &[]);
+    assert_eq!(
+        (c.status, error_code(&c.body_if_error).as_str()),
+        (503, "unavailable")
+    );
+    // one stream ends: there is room again
+    drop(streams.pop());
+    eventually("the closed stream to be released", || {
+        let (st, _, _) = s.request("GET", "/healthz", &[], b"");
+        st == 200
+    });
+    let mut c = s.subscribe("/v1/sse/cap", &[]);
+    c.start();
+}
+
+#[test]
+fn full_fd_table_answers_503_and_keeps_open_streams() {
+    let s = Server::start_with_fd_limit(&config("", ""), 64);
+    let mut good = s.subscribe("/v1/sse/fd", &[]);
+    good.start();
+    // Open streams until the table is full: each connection is answered,
+    // with a stream while descriptors last and with 503 after.
+    let mut conns: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.addr).unwrap();
+            c.write_all(b"GET /v1/sse/fd HTTP/1.1\r\n\r\n").unwrap();
+            c
+        })
+        .collect();
+    let (mut streams, mut refused) = (0, 0);
+    for c in conns.iter_mut() {
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 12];
+        c.read_exact(&mut buf).unwrap();
+        match &buf {
+            b"HTTP/1.1 200" => streams += 1,
+            b"HTTP/1.1 503" => {
+                let mut rest = String::new();
+                let _ = c.read_to_string(&mut rest);
+                assert!(rest.contains("\"code\":\"unavailable\""), "{rest}");
+                // as a client does after a 503
+                let _ = c.shutdown(std::net::Shutdown::Both);
+                refused += 1;
+            }
+            other => panic!("unexpected {:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    assert!(streams >= 20, "streams while descriptors lasted: {streams}");
+    assert!(
+        refused >= 3,
+        "the server never answered 503 with a full table"
+    );
+    let held = conns;
+    drop(held);
+    // The server recovers: a publish is accepted once descriptors are free
+    // (until then it may still get 503), and the open stream was not
+    // disturbed: its next frame is exactly that update.
+    let mut id = None;
+    eventually("a publish to be accepted again", || {
+        let (st, _, body) = s.request(
+            "POST",
+            "/v1/publish/fd",
+            &[("X-API-Key", "pk_test")],
+            br#"{"after":"full table"}"#,
+        );
+        if st == 202 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            id = v["id"].as_str().map(String::from);
+        } else {
+            assert_eq!((st, error_code(&body).as_str()), (503, "unavailable"));
+        }
+        st == 202
+    });
+    assert_eq!(good.next_event().unwrap().id, id);
+}

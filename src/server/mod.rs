@@ -31,6 +31,30 @@ use worker::Worker;
 
 /// Listen backlog of each worker's socket.
 pub const LISTEN_BACKLOG: i32 = 4096;
+/// Descriptors kept back from client connections (listeners, io_uring,
+/// eventfds, signal pipe, logs, the EMFILE reserve, a refused connection).
+pub const FD_HEADROOM: u64 = 32;
+
+/// Raises the soft descriptor limit to the hard one and caps the node's
+/// connection limit below it, so that a full table shows as a clean 503 at
+/// `max_connections` instead of failing accepts.
+fn fd_budget(max_connections: usize) -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft))
+        .unwrap_or(1024);
+    let budget = limit.saturating_sub(FD_HEADROOM).max(1) as usize;
+    if budget < max_connections {
+        tracing::warn!(
+            nofile = limit,
+            max_connections = budget,
+            "the descriptor limit caps max_connections; raise LimitNOFILE / ulimit -n for more"
+        );
+    }
+    max_connections.min(budget)
+}
+
+/// How long a refused connection is drained before it is closed.
+pub const REFUSE_LINGER: Duration = Duration::from_millis(250);
 /// io_uring submission queue entries per worker.
 pub const URING_ENTRIES: u32 = 4096;
 
@@ -74,7 +98,8 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Runs the server until SIGTERM / SIGINT and a clean drain.
-pub fn run(settings: Settings) -> Result<(), ServerError> {
+pub fn run(mut settings: Settings) -> Result<(), ServerError> {
+    settings.max_connections = fd_budget(settings.max_connections);
     let settings = Arc::new(settings);
     crate::metrics::install();
 
@@ -221,6 +246,7 @@ async fn worker_main(id: usize, hub: Arc<Hub>, keys: Arc<Keys>, listener: std::n
 /// so that clients get an answer instead of a hanging connect.
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     let mut reserve = std::fs::File::open("/dev/null").ok();
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -232,14 +258,30 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 }
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                tracing::warn!("file descriptor table full; refusing connections with 503");
-                drop(reserve.take());
-                if let Ok((stream, _)) = listener.accept().await {
-                    w.hub.connections.fetch_add(1, Ordering::Relaxed);
-                    refuse(w.clone(), stream, "server is out of file descriptors").await;
+                let now = std::time::Instant::now();
+                if last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                    tracing::warn!("file descriptor table full; refusing connections with 503");
+                    last_warning = Some(now);
                 }
-                monoio::time::sleep(Duration::from_millis(20)).await;
-                reserve = std::fs::File::open("/dev/null").ok();
+                // Workers share one table: another worker may have taken the
+                // descriptor this one freed, so retry for a reserve each time.
+                if reserve.is_none() {
+                    reserve = std::fs::File::open("/dev/null").ok();
+                }
+                if let Some(r) = reserve.take() {
+                    drop(r);
+                    if let Ok((stream, _)) = listener.accept().await {
+                        w.hub.connections.fetch_add(1, Ordering::Relaxed);
+                        refuse(w.clone(), stream, "server is out of file descriptors").await;
+                    }
+                }
+                // Under io_uring the refused socket's close is itself an
+                // operation: let it run before taking its descriptor back,
+                // or the next accept would take it instead.
+                monoio::time::sleep(Duration::from_millis(5)).await;
+                if reserve.is_none() {
+                    reserve = std::fs::File::open("/dev/null").ok();
+                }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "accept failed");
@@ -250,9 +292,24 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
 }
 
 async fn refuse(w: Rc<Worker>, mut stream: monoio::net::TcpStream, msg: &'static str) {
-    use monoio::io::AsyncWriteRentExt;
+    use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
     crate::metrics::http_response(503);
     let out = http::error_response(503, msg, false, &w.settings.cors, None);
-    let _ = stream.write_all(out.freeze()).await;
+    if stream.write_all(out.freeze()).await.0.is_ok() {
+        // Close gracefully: closing with the request unread would send a
+        // reset that can destroy the 503 before the client reads it.
+        let _ = stream.shutdown().await;
+        let _ = monoio::time::timeout(REFUSE_LINGER, async {
+            let mut buf = Box::new([0u8; 512]);
+            loop {
+                let (res, b) = stream.read(buf).await;
+                buf = b;
+                if !matches!(res, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     w.hub.connections.fetch_sub(1, Ordering::Relaxed);
 }

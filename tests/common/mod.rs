@@ -95,6 +95,24 @@ impl Server {
     pub fn start_file(config_path: PathBuf, driver: Driver) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config"]).arg(&config_path);
+        Server::spawn(cmd, config_path, driver)
+    }
+
+    /// Starts sluice with its file descriptor limit lowered to `nofile`.
+    pub fn start_with_fd_limit(config: &str, nofile: u32) -> Server {
+        let path = temp_path("sluice.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "ulimit -n {nofile} && exec \"$0\" serve --config \"$1\""
+            ))
+            .arg(BIN)
+            .arg(&path);
+        Server::spawn(cmd, path, Driver::Auto)
+    }
+
+    fn spawn(mut cmd: Command, config_path: PathBuf, driver: Driver) -> Server {
         cmd.stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env("SLUICE_LOG", "info");
