@@ -124,12 +124,7 @@ impl Subscriber {
         }
     }
 
-    /// Wakes the connection task unless it will look at its queue anyway.
-    fn nudge(&self) {
-        if !self.busy.get() {
-            self.wake();
-        }
-    }
+
 
     /// Queues a frame (no wake; callers wake once after queueing).
     pub fn push(&self, frame: Frame) {
@@ -268,6 +263,24 @@ impl Worker {
         false
     }
 
+    /// After the fan-out queued a frame on `sub`: hands it a write permit
+    /// and wakes it, or puts it in the permit queue without waking it (it is
+    /// woken once, when a permit comes). A busy connection looks at its
+    /// queue when its write ends and needs nothing.
+    fn nudge(&self, sub: &Rc<Subscriber>) {
+        if sub.busy.get() {
+            return;
+        }
+        sub.busy.set(true);
+        if self.permits.get() > 0 && self.permit_queue.borrow().is_empty() {
+            self.permits.set(self.permits.get() - 1);
+            sub.permit.set(true);
+            sub.wake();
+        } else {
+            self.permit_queue.borrow_mut().push_back(sub.clone());
+        }
+    }
+
     /// Ends `sub`'s write: its permit goes to the first live waiter.
     pub fn release_write(&self, sub: &Subscriber) {
         sub.busy.set(false);
@@ -382,7 +395,7 @@ impl Worker {
                     m.close_with(limit, now);
                 }
             }
-            m.nudge();
+            self.nudge(m);
             i += 1;
         }
         delivered
