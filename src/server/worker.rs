@@ -124,8 +124,6 @@ impl Subscriber {
         }
     }
 
-
-
     /// Queues a frame (no wake; callers wake once after queueing).
     pub fn push(&self, frame: Frame) {
         self.queued_bytes.set(self.queued_bytes.get() + frame.len());
