@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::hub::{Read, Ring};
+use sluice::hub::{Entry, Read, Ring, Rows};
 use sluice::sources::publish::parse_rows;
 use sluice::sse;
 
@@ -52,14 +52,20 @@ fn encode(c: &mut Criterion) {
 
 fn ring(c: &mut Criterion) {
     let frame = Bytes::from(row(0));
+    let rows = Rows::default();
     let r = Ring::new(1024);
     let mut cursors = [0u64; 2];
     c.bench_function("ring/push_and_2_reads", |b| {
         b.iter(|| {
-            r.push(7, frame.clone());
+            r.push(Entry {
+                seq: 7,
+                ts_ms: 0,
+                frame: frame.clone(),
+                rows: rows.clone(),
+            });
             for cur in cursors.iter_mut() {
-                if let Read::Frame(_, f) = r.read(*cur) {
-                    black_box(f);
+                if let Read::Frame(e) = r.read(*cur) {
+                    black_box(e);
                 }
                 *cur += 1;
             }
@@ -99,7 +105,7 @@ fn publish(c: &mut Criterion) {
     c.bench_function("publish/parse_20_rows_simd_json", |b| {
         b.iter(|| {
             let mut buf = body.clone().into_bytes();
-            parse_rows(&mut buf, false, &key).unwrap()
+            parse_rows(&mut buf, false, &key, &[]).unwrap()
         })
     });
     c.bench_function("publish/baseline_serde_json_20_rows", |b| {

@@ -242,7 +242,18 @@ impl Pattern {
 pub struct Tier {
     pub name: String,
     pub coalesce_ms: u32,
+    /// Index into [`Settings::cadences`]: tiers with the same `coalesce_ms`
+    /// share one ring and one frame per tick.
+    pub cadence: usize,
 }
+
+/// Longest coalescing interval a tier may have.
+pub const MAX_COALESCE_MS: u32 = 3_600_000;
+/// Shortest non-zero coalescing interval.
+pub const MIN_COALESCE_MS: u32 = 10;
+/// Most distinct `coalesce_ms` values (a state-table row keeps one dirty bit
+/// per cadence).
+pub const MAX_CADENCES: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct Key {
@@ -262,15 +273,112 @@ pub struct TopicRule {
     pub key: Vec<String>,
     pub history: usize,
     pub tiers: Vec<usize>,
-    /// query parameter → row field
-    pub filters: Vec<(String, String)>,
+    /// Row fields every published row keeps the value of, for filters: the
+    /// `filters` fields, then every field a route's `match` names.
+    pub fields: Vec<String>,
+    /// query parameter → index into `fields`
+    pub filters: Vec<(String, usize)>,
 }
 
+/// One piece of a route template: literal text or a `{name}` variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Lit(String),
+    Var(String),
+}
+
+/// An extra URL layout (`[[routes]]`): a path template whose `/`-separated
+/// segments are literals or whole-segment `{var}`s, the topic it names, and
+/// fixed filters (`match`, values may use the variables) the client cannot
+/// widen. Variables of the topic or `match` that the path lacks are taken
+/// from the query parameter of the same name.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub path: String,
-    pub topic: String,
-    pub fixed: Vec<(String, String)>,
+    pub path: Vec<Part>,
+    pub topic: Vec<Part>,
+    /// row field → comma-separated values (a template)
+    pub fixed: Vec<(String, Vec<Part>)>,
+}
+
+impl Route {
+    /// The variables bound by `path` if it matches this route. A trailing
+    /// `/` on either side is ignored.
+    pub fn bind<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
+        let path = path.strip_prefix('/')?;
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let mut segs = path.split('/');
+        let mut vars = Vec::new();
+        for part in &self.path {
+            let seg = segs.next()?;
+            match part {
+                Part::Lit(l) if l == seg => {}
+                Part::Var(v) if !seg.is_empty() => vars.push((v.as_str(), seg)),
+                _ => return None,
+            }
+        }
+        segs.next().is_none().then_some(vars)
+    }
+}
+
+/// A route path: `/`, then segments that are literals or whole `{var}`s.
+fn parse_route_path(s: &str) -> Option<Vec<Part>> {
+    let rest = s.strip_prefix('/')?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    rest.split('/')
+        .map(|seg| match parse_template(seg)?.as_slice() {
+            [one] => Some(one.clone()),
+            [] => Some(Part::Lit(String::new())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Splits `a/{b}/c{d}` into parts (variables are `{name}`, names of
+/// `[A-Za-z0-9_]`).
+pub fn parse_template(s: &str) -> Option<Vec<Part>> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        match rest.find('{') {
+            Some(0) => {
+                let end = rest.find('}')?;
+                let name = &rest[1..end];
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return None;
+                }
+                parts.push(Part::Var(name.to_string()));
+                rest = &rest[end + 1..];
+            }
+            Some(i) => {
+                parts.push(Part::Lit(rest[..i].to_string()));
+                rest = &rest[i..];
+            }
+            None => {
+                if rest.contains('}') {
+                    return None;
+                }
+                parts.push(Part::Lit(rest.to_string()));
+                rest = "";
+            }
+        }
+    }
+    Some(parts)
+}
+
+/// Fills a template's variables; `None` names the first missing one.
+pub fn fill<'p, 'v>(
+    parts: &'p [Part],
+    lookup: impl Fn(&str) -> Option<&'v str>,
+) -> Result<String, &'p str> {
+    let mut out = String::new();
+    for p in parts {
+        match p {
+            Part::Lit(l) => out.push_str(l),
+            Part::Var(v) => out.push_str(lookup(v).ok_or(v.as_str())?),
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,6 +404,9 @@ pub struct Settings {
     pub token_secret: Vec<u8>,
     pub token_ttl_s: u32,
     pub tiers: Vec<Tier>,
+    /// The distinct `coalesce_ms` of the tiers, ascending (0, the raw
+    /// cadence, first when some tier is raw).
+    pub cadences: Vec<u32>,
     pub keys: Vec<Key>,
     pub topics: Vec<TopicRule>,
     pub routes: Vec<Route>,
@@ -355,32 +466,49 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
     };
 
     // Tiers: SPEC's three by default.
-    let tiers: Vec<Tier> = match raw.tiers {
-        Some(map) => map
-            .into_iter()
-            .map(|(name, t)| Tier {
-                name,
-                coalesce_ms: t.coalesce_ms,
-            })
-            .collect(),
+    let raw_tiers: Vec<(String, u32)> = match raw.tiers {
+        Some(map) => map.into_iter().map(|(n, t)| (n, t.coalesce_ms)).collect(),
         None => vec![
-            Tier {
-                name: "scale".into(),
-                coalesce_ms: 0,
-            },
-            Tier {
-                name: "enterprise".into(),
-                coalesce_ms: 500,
-            },
-            Tier {
-                name: "business".into(),
-                coalesce_ms: 1000,
-            },
+            ("scale".into(), 0),
+            ("enterprise".into(), 500),
+            ("business".into(), 1000),
         ],
     };
-    if tiers.is_empty() {
+    if raw_tiers.is_empty() {
         return Err(ConfigError::at(src, None, "at least one tier is needed"));
     }
+    for (name, ms) in &raw_tiers {
+        if *ms != 0 && !(MIN_COALESCE_MS..=MAX_COALESCE_MS).contains(ms) {
+            return Err(ConfigError::at(
+                src,
+                find_span(src, &format!("[tiers.{name}]")),
+                format!(
+                    "tiers.{name}.coalesce_ms must be 0 (raw) or {MIN_COALESCE_MS}..{MAX_COALESCE_MS}"
+                ),
+            ));
+        }
+    }
+    let mut cadences: Vec<u32> = raw_tiers.iter().map(|(_, ms)| *ms).collect();
+    cadences.sort_unstable();
+    cadences.dedup();
+    if cadences.len() > MAX_CADENCES {
+        return Err(ConfigError::at(
+            src,
+            None,
+            format!("at most {MAX_CADENCES} distinct coalesce_ms values"),
+        ));
+    }
+    let tiers: Vec<Tier> = raw_tiers
+        .into_iter()
+        .map(|(name, coalesce_ms)| Tier {
+            name,
+            coalesce_ms,
+            cadence: cadences
+                .iter()
+                .position(|&c| c == coalesce_ms)
+                .expect("every tier's interval is in cadences"),
+        })
+        .collect();
     let tier_index = |name: &Spanned<String>| -> Result<usize, ConfigError> {
         tiers
             .iter()
@@ -391,8 +519,20 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
     let a = raw.auth;
     let anonymous_tier = tier_index(&a.anonymous_tier)?;
     let token_secret = if a.token_secret.is_empty() {
+        // A per-process secret from the kernel's CSPRNG (tokens then die
+        // with the process, which is what an empty secret asks for).
         let mut b = vec![0u8; 32];
-        b.iter_mut().for_each(|x| *x = fastrand::u8(..));
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").map_err(|e| {
+                ConfigError::at(
+                    src,
+                    None,
+                    format!("token_secret: cannot read /dev/urandom: {e}"),
+                )
+            })?,
+            &mut b,
+        )
+        .map_err(|e| ConfigError::at(src, None, format!("token_secret: {e}")))?;
         b
     } else {
         a.token_secret.into_bytes()
@@ -437,6 +577,42 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         });
     }
 
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for r in raw.routes {
+        let Some(path) = parse_route_path(r.path.get_ref()) else {
+            return Err(err(
+                r.path.span(),
+                "route path must start with '/' and use whole-segment {variables}".into(),
+            ));
+        };
+        let topic = parse_template(r.topic.get_ref()).ok_or_else(|| {
+            err(
+                r.topic.span(),
+                "route topic must be a topic name with {variables}".into(),
+            )
+        })?;
+        let mut fixed = Vec::with_capacity(r.fixed.len());
+        for (field, v) in r.fixed {
+            let parts = parse_template(&v).ok_or_else(|| {
+                err(
+                    r.topic.span(),
+                    format!("route match '{field}': bad template '{v}'"),
+                )
+            })?;
+            fixed.push((field, parts));
+        }
+        routes.push(Route { path, topic, fixed });
+    }
+    let route_fields: Vec<String> = {
+        let mut f: Vec<String> = routes
+            .iter()
+            .flat_map(|r| r.fixed.iter().map(|(field, _)| field.clone()))
+            .collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+
     let mut topics = Vec::with_capacity(raw.topics.len());
     for t in raw.topics {
         let pattern = parse_patterns(src, std::slice::from_ref(&t.pattern))?.remove(0);
@@ -456,25 +632,31 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
             Some(list) => list.iter().map(tier_index).collect::<Result<Vec<_>, _>>()?,
             None => (0..tiers.len()).collect(),
         };
+        let mut fields: Vec<String> = Vec::new();
+        let mut filters = Vec::with_capacity(t.filters.len());
+        for (param, field) in t.filters {
+            let i = match fields.iter().position(|f| *f == field) {
+                Some(i) => i,
+                None => {
+                    fields.push(field);
+                    fields.len() - 1
+                }
+            };
+            filters.push((param, i));
+        }
+        for f in &route_fields {
+            if !fields.contains(f) {
+                fields.push(f.clone());
+            }
+        }
         topics.push(TopicRule {
             pattern,
             event: t.event.into_inner(),
             key: t.key,
             history: t.history,
             tiers: tiers_allowed,
-            filters: t.filters.into_iter().collect(),
-        });
-    }
-
-    let mut routes = Vec::with_capacity(raw.routes.len());
-    for r in raw.routes {
-        if !r.path.get_ref().starts_with('/') {
-            return Err(err(r.path.span(), "route path must start with '/'".into()));
-        }
-        routes.push(Route {
-            path: r.path.into_inner(),
-            topic: r.topic.into_inner(),
-            fixed: r.fixed.into_iter().collect(),
+            fields,
+            filters,
         });
     }
 
@@ -507,11 +689,18 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         token_secret,
         token_ttl_s: a.token_ttl_s,
         tiers,
+        cadences,
         keys,
         topics,
         routes,
         sources,
     })
+}
+
+/// The span of the first occurrence of `needle` in `src`, for errors about
+/// values that serde gives no position for.
+fn find_span(src: &str, needle: &str) -> Option<Range<usize>> {
+    src.find(needle).map(|i| i..i + needle.len())
 }
 
 fn parse_patterns(src: &str, list: &[Spanned<String>]) -> Result<Vec<Pattern>, ConfigError> {

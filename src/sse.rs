@@ -17,9 +17,10 @@ pub fn initial_state_json<'a>(
     out: &mut BytesMut,
     topic: &str,
     ts_ms: u64,
-    rows: impl ExactSizeIterator<Item = &'a Bytes> + Clone,
+    rows: impl Iterator<Item = &'a Bytes> + Clone,
 ) {
-    body(out, "initial_state", topic, ts_ms, rows);
+    let (count, _) = measure(rows.clone());
+    body(out, "initial_state", topic, ts_ms, count, rows);
 }
 
 /// `event: initial_state` with `id: SEQ`.
@@ -27,39 +28,42 @@ pub fn initial_state_frame<'a>(
     topic: &str,
     seq: u64,
     ts_ms: u64,
-    rows: impl ExactSizeIterator<Item = &'a Bytes> + Clone,
+    rows: impl Iterator<Item = &'a Bytes> + Clone,
 ) -> Bytes {
-    let mut out = BytesMut::with_capacity(96 + rows_len(rows.clone()));
+    let (count, len) = measure(rows.clone());
+    let mut out = BytesMut::with_capacity(96 + topic.len() + len);
     out.put_slice(b"event: initial_state\nid: ");
     put_u64(&mut out, seq);
     out.put_slice(b"\ndata: ");
-    body(&mut out, "initial_state", topic, ts_ms, rows);
+    body(&mut out, "initial_state", topic, ts_ms, count, rows);
     out.put_slice(b"\n\n");
     out.freeze()
 }
 
-/// An update frame: `event: NAME`, `id: SEQ`, the rows as published.
+/// An update frame: `event: NAME`, `id: SEQ`, the rows' pre-encoded bytes
+/// joined by commas (a filtered group passes only the rows it keeps).
 pub fn update_frame<'a>(
     event: &str,
     topic: &str,
     seq: u64,
     ts_ms: u64,
-    rows: impl ExactSizeIterator<Item = &'a Bytes> + Clone,
+    rows: impl Iterator<Item = &'a Bytes> + Clone,
 ) -> Bytes {
-    let mut out =
-        BytesMut::with_capacity(96 + event.len() * 2 + topic.len() + rows_len(rows.clone()));
+    let (count, len) = measure(rows.clone());
+    let mut out = BytesMut::with_capacity(96 + event.len() * 2 + topic.len() + len);
     out.put_slice(b"event: ");
     out.put_slice(event.as_bytes());
     out.put_slice(b"\nid: ");
     put_u64(&mut out, seq);
     out.put_slice(b"\ndata: ");
-    body(&mut out, event, topic, ts_ms, rows);
+    body(&mut out, event, topic, ts_ms, count, rows);
     out.put_slice(b"\n\n");
     out.freeze()
 }
 
-fn rows_len<'a>(rows: impl Iterator<Item = &'a Bytes>) -> usize {
-    rows.map(|r| r.len() + 1).sum()
+/// Number of rows and their bytes with separators.
+fn measure<'a>(rows: impl Iterator<Item = &'a Bytes>) -> (usize, usize) {
+    rows.fold((0, 0), |(n, len), r| (n + 1, len + r.len() + 1))
 }
 
 fn body<'a>(
@@ -67,14 +71,15 @@ fn body<'a>(
     kind: &str,
     topic: &str,
     ts_ms: u64,
-    rows: impl ExactSizeIterator<Item = &'a Bytes>,
+    count: usize,
+    rows: impl Iterator<Item = &'a Bytes>,
 ) {
     out.put_slice(b"{\"type\":\"");
     out.put_slice(kind.as_bytes());
     out.put_slice(b"\",\"topic\":\"");
     out.put_slice(topic.as_bytes());
     out.put_slice(b"\",\"count\":");
-    put_u64(out, rows.len() as u64);
+    put_u64(out, count as u64);
     out.put_slice(b",\"timestamp\":");
     put_u64(out, ts_ms);
     out.put_slice(b",\"data\":[");

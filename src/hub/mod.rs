@@ -14,11 +14,13 @@
 //!
 //! Never touches a socket; never encodes per connection.
 
+pub mod coalesce;
+pub mod filter;
 pub mod ring;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -28,7 +30,8 @@ use indexmap::IndexMap;
 use crate::config::{Settings, TopicRule};
 use crate::sse;
 use crate::time::{unix_micros, unix_millis};
-pub use ring::{Read, Ring};
+pub use filter::Filter;
+pub use ring::{Entry, Read, Ring};
 
 /// Most topics a node keeps (a subscriber may create a topic by naming it).
 pub const MAX_TOPICS: usize = 100_000;
@@ -47,18 +50,35 @@ pub fn topic_name_is_valid(name: &str) -> bool {
         })
 }
 
-/// One published row: its compact JSON, and its state-table key if the topic
-/// has one.
+/// One published row: its compact JSON, its state-table key if the topic
+/// has one, and its values of the topic's filter fields (`None`: the row
+/// lacks that field and no filter on it lets the row through).
 #[derive(Debug, Clone)]
 pub struct Row {
     pub json: Bytes,
     pub key: Option<Box<str>>,
+    pub fields: Box<[Option<Box<str>>]>,
+}
+
+/// The rows of one frame, shared by the ring, the state table and every
+/// filtered group that re-joins them.
+pub type Rows = Arc<[Arc<Row>]>;
+
+/// Most bytes of rows a keyless topic gathers for one coalesced frame; past
+/// it the frame goes out at once rather than waiting for the tick, so that no
+/// single frame outgrows a connection's queue.
+pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+
+struct KeyedEntry {
+    row: Arc<Row>,
+    /// Bit c: the row changed since cadence c's last frame.
+    dirty: u32,
 }
 
 enum Table {
-    Keyed(IndexMap<Box<str>, Bytes>),
+    Keyed(IndexMap<Box<str>, KeyedEntry>),
     Keyless {
-        rows: VecDeque<Bytes>,
+        rows: VecDeque<Arc<Row>>,
         history: usize,
     },
 }
@@ -72,19 +92,54 @@ impl Table {
     }
 }
 
+/// What one cadence (a `coalesce_ms` value) keeps of a topic, under the
+/// topic lock. Only an active cadence builds frames: the raw one always is,
+/// a coalesced one from its first subscriber on.
+#[derive(Default)]
+struct Cadence {
+    active: bool,
+    /// Sequence id the cadence's frames have reached: its last frame's id,
+    /// or the topic's id when the cadence became active.
+    emitted: u64,
+    /// Keyed topics: state-table indices changed since the last frame, in
+    /// the order they first changed.
+    dirty: Vec<usize>,
+    /// Keyless topics: rows published since the last frame, in order.
+    pending: Vec<Arc<Row>>,
+    pending_bytes: usize,
+    /// In the hub's flush queue for this cadence.
+    queued: bool,
+}
+
+impl Cadence {
+    fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.pending.is_empty()
+    }
+}
+
 struct TopicState {
     /// Sequence id of the last update (0: none in this run).
     seq: u64,
     table: Table,
+    cadences: Box<[Cadence]>,
 }
 
-/// A topic: its state table (behind the writer lock) and its ring.
+/// A topic: its state table (behind the writer lock) and one ring per
+/// active cadence.
 pub struct Topic {
     pub name: Box<str>,
     pub event: Box<str>,
     pub key_fields: Box<[String]>,
+    /// The row fields filters look at (`Row::fields` follows this order).
+    pub fields: Box<[String]>,
+    /// Query parameter → index into `fields`.
+    pub filter_params: Box<[(Box<str>, usize)]>,
     state: Mutex<TopicState>,
-    pub ring: Ring,
+    /// One ring per cadence, made when the cadence becomes active.
+    rings: Box<[OnceLock<Ring>]>,
+    /// `coalesce_ms` of each cadence (0: raw).
+    cadence_ms: Box<[u32]>,
+    ring_slots: usize,
     /// Bit w: worker w has subscribers to this topic.
     interest: AtomicU64,
     /// Bit w: this topic waits in worker w's inbox.
@@ -101,7 +156,7 @@ pub enum Start {
 }
 
 impl Topic {
-    fn new(name: &str, rule: &TopicRule, ring_slots: usize) -> Topic {
+    fn new(name: &str, rule: &TopicRule, settings: &Settings) -> Topic {
         let table = if rule.key.is_empty() {
             Table::Keyless {
                 rows: VecDeque::new(),
@@ -110,23 +165,48 @@ impl Topic {
         } else {
             Table::Keyed(IndexMap::new())
         };
-        Topic {
+        let n = settings.cadences.len();
+        let topic = Topic {
             name: name.into(),
             event: rule.event.as_str().into(),
             key_fields: rule.key.clone().into_boxed_slice(),
-            state: Mutex::new(TopicState { seq: 0, table }),
-            ring: Ring::new(ring_slots),
+            fields: rule.fields.clone().into_boxed_slice(),
+            filter_params: rule
+                .filters
+                .iter()
+                .map(|(p, i)| (p.as_str().into(), *i))
+                .collect(),
+            state: Mutex::new(TopicState {
+                seq: 0,
+                table,
+                cadences: (0..n).map(|_| Cadence::default()).collect(),
+            }),
+            rings: (0..n).map(|_| OnceLock::new()).collect(),
+            cadence_ms: settings.cadences.clone().into_boxed_slice(),
+            ring_slots: settings.replay,
             interest: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
+        };
+        // The raw cadence is always on, so that `Last-Event-ID` resumes from
+        // any published id (costs one encode per publish); a coalesced
+        // cadence starts with its first subscriber.
+        if let Some(raw) = settings.cadences.iter().position(|&ms| ms == 0) {
+            topic.activate(&mut topic.lock(), raw);
         }
+        topic
     }
 
     fn lock(&self) -> MutexGuard<'_, TopicState> {
-        // The state is updated in one place (`publish`) that cannot panic
-        // half-way through a table update, so a poisoned lock still holds a
-        // whole table.
+        // The state is updated in places (`publish`, `flush`) that cannot
+        // panic half-way through a table update, so a poisoned lock still
+        // holds a whole table.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ring of cadence `c`, if the cadence is active.
+    pub fn ring(&self, c: usize) -> Option<&Ring> {
+        self.rings[c].get()
     }
 
     /// Sequence id of the last update and the number of rows in the state.
@@ -135,89 +215,270 @@ impl Topic {
         (st.seq, st.table.len())
     }
 
-    /// Applies one update (k rows) and returns its sequence id.
-    fn publish(&self, rows: &[Row]) -> u64 {
+    /// Applies one update (k rows). Returns its sequence id, whether a raw
+    /// frame went into a ring (or a keyless frame was flushed early), and the
+    /// cadences that became dirty and must be queued for their next tick.
+    fn publish(&self, rows: Vec<Row>) -> (u64, bool, u32) {
+        let rows: Rows = rows.into_iter().map(Arc::new).collect();
         let mut st = self.lock();
+        let st = &mut *st;
         let seq = (st.seq + 1).max(unix_micros());
         st.seq = seq;
+        // Coalesced cadences that gather this update.
+        let mut gather = 0u32;
+        for (c, cad) in st.cadences.iter().enumerate() {
+            if cad.active && self.cadence_ms[c] != 0 {
+                gather |= 1 << c;
+            }
+        }
         match &mut st.table {
             Table::Keyed(map) => {
-                for row in rows {
+                for row in rows.iter() {
                     let key = row.key.clone().unwrap_or_default();
-                    map.insert(key, row.json.clone());
+                    let i = match map.entry(key) {
+                        indexmap::map::Entry::Occupied(mut e) => {
+                            e.get_mut().row = row.clone();
+                            e.index()
+                        }
+                        indexmap::map::Entry::Vacant(v) => {
+                            let i = v.index();
+                            v.insert(KeyedEntry {
+                                row: row.clone(),
+                                dirty: 0,
+                            });
+                            i
+                        }
+                    };
+                    let e = &mut map[i];
+                    let mut fresh = gather & !e.dirty;
+                    e.dirty |= gather;
+                    while fresh != 0 {
+                        let c = fresh.trailing_zeros() as usize;
+                        fresh &= fresh - 1;
+                        st.cadences[c].dirty.push(i);
+                    }
                 }
             }
             Table::Keyless {
                 rows: hist,
                 history,
             } => {
-                for row in rows {
+                for row in rows.iter() {
                     if *history > 0 {
                         if hist.len() == *history {
                             hist.pop_front();
                         }
-                        hist.push_back(row.json.clone());
+                        hist.push_back(row.clone());
                     }
+                }
+                let mut g = gather;
+                while g != 0 {
+                    let c = g.trailing_zeros() as usize;
+                    g &= g - 1;
+                    let cad = &mut st.cadences[c];
+                    cad.pending.extend(rows.iter().cloned());
+                    cad.pending_bytes += rows.iter().map(|r| r.json.len()).sum::<usize>();
                 }
             }
         }
+        let mut pushed = false;
+        let mut newly_dirty = 0u32;
+        let now_ms = unix_millis();
+        for c in 0..st.cadences.len() {
+            if !st.cadences[c].active {
+                continue;
+            }
+            if self.cadence_ms[c] == 0 {
+                let frame = sse::update_frame(
+                    &self.event,
+                    &self.name,
+                    seq,
+                    now_ms,
+                    rows.iter().map(|r| &r.json),
+                );
+                self.push_frame(st, c, seq, now_ms, frame, rows.clone());
+                pushed = true;
+            } else if st.cadences[c].pending_bytes > MAX_PENDING_BYTES {
+                pushed |= self.flush_locked(st, c, now_ms);
+            } else if st.cadences[c].is_dirty() && !st.cadences[c].queued {
+                st.cadences[c].queued = true;
+                newly_dirty |= 1 << c;
+            }
+        }
+        (seq, pushed, newly_dirty)
+    }
+
+    fn push_frame(
+        &self,
+        st: &mut TopicState,
+        c: usize,
+        seq: u64,
+        ts_ms: u64,
+        frame: Bytes,
+        rows: Rows,
+    ) {
+        let ring = self.rings[c].get().expect("an active cadence has a ring");
+        ring.push(Entry {
+            seq,
+            ts_ms,
+            frame,
+            rows,
+        });
+        st.cadences[c].emitted = seq;
+    }
+
+    /// Builds cadence `c`'s coalesced frame from what changed since its last
+    /// frame: the latest version of each changed key (keyless: every row, in
+    /// order), with the topic's current id. False when nothing changed.
+    fn flush_locked(&self, st: &mut TopicState, c: usize, now_ms: u64) -> bool {
+        let rows: Rows = match &mut st.table {
+            Table::Keyed(map) => {
+                let bit = !(1u32 << c);
+                st.cadences[c]
+                    .dirty
+                    .drain(..)
+                    .map(|i| {
+                        let e = &mut map[i];
+                        e.dirty &= bit;
+                        e.row.clone()
+                    })
+                    .collect()
+            }
+            Table::Keyless { .. } => {
+                let cad = &mut st.cadences[c];
+                cad.pending_bytes = 0;
+                cad.pending.drain(..).collect()
+            }
+        };
+        if rows.is_empty() {
+            return false;
+        }
+        let seq = st.seq;
         let frame = sse::update_frame(
             &self.event,
             &self.name,
             seq,
-            unix_millis(),
+            now_ms,
             rows.iter().map(|r| &r.json),
         );
-        self.ring.push(seq, frame);
-        seq
+        self.push_frame(st, c, seq, now_ms, frame, rows);
+        true
+    }
+
+    /// The coalescer's tick for cadence `c`: true when a frame was pushed.
+    fn flush(&self, c: usize, now_ms: u64) -> bool {
+        let mut st = self.lock();
+        st.cadences[c].queued = false;
+        self.flush_locked(&mut st, c, now_ms)
+    }
+
+    /// Makes cadence `c` active (its ring, and frames from now on).
+    fn activate<'a>(&'a self, st: &mut TopicState, c: usize) -> &'a Ring {
+        let cad = &mut st.cadences[c];
+        if !cad.active {
+            cad.active = true;
+            cad.emitted = st.seq;
+        }
+        self.rings[c].get_or_init(|| Ring::new(self.ring_slots))
+    }
+
+    /// The rows of the state table that `filter` lets through, as cadence `c`
+    /// has reached them: a keyless topic leaves out the rows still pending
+    /// for `c`'s next frame (they come with it).
+    fn state_rows<'a>(
+        &self,
+        st: &'a TopicState,
+        c: Option<usize>,
+        filter: Option<&'a Filter>,
+    ) -> Vec<&'a Bytes> {
+        let pass = move |r: &&'a Arc<Row>| filter::passes(filter, &r.fields);
+        match &st.table {
+            Table::Keyed(m) => m
+                .values()
+                .map(|e| &e.row)
+                .filter(pass)
+                .map(|r| &r.json)
+                .collect(),
+            Table::Keyless { rows, .. } => {
+                let pending = c.map_or(0, |c| st.cadences[c].pending.len());
+                let upto = rows.len() - pending.min(rows.len());
+                rows.range(..upto).filter(pass).map(|r| &r.json).collect()
+            }
+        }
     }
 
     /// The `initial_state` JSON body (for `GET /v1/snapshot`).
-    pub fn snapshot_json(&self) -> Bytes {
+    pub fn snapshot_json(&self, filter: Option<&Filter>) -> Bytes {
         let st = self.lock();
+        let rows = self.state_rows(&st, None, filter);
         let mut out = bytes::BytesMut::with_capacity(128);
-        match &st.table {
-            Table::Keyed(m) => {
-                sse::initial_state_json(&mut out, &self.name, unix_millis(), m.values())
-            }
-            Table::Keyless { rows, .. } => {
-                sse::initial_state_json(&mut out, &self.name, unix_millis(), rows.iter())
-            }
-        }
+        sse::initial_state_json(&mut out, &self.name, unix_millis(), rows.into_iter());
         out.freeze()
     }
 
-    /// An initial state frame and the ring position it is consistent with:
-    /// frames at positions ≥ the returned one come after it.
-    pub fn initial_state(&self) -> (Bytes, u64) {
-        let st = self.lock();
-        (self.initial_state_locked(&st), self.ring.tail())
+    fn initial_state_locked(&self, st: &TopicState, c: usize, filter: Option<&Filter>) -> Bytes {
+        let rows = self.state_rows(st, Some(c), filter);
+        sse::initial_state_frame(
+            &self.name,
+            st.cadences[c].emitted,
+            unix_millis(),
+            rows.into_iter(),
+        )
     }
 
-    fn initial_state_locked(&self, st: &TopicState) -> Bytes {
-        match &st.table {
-            Table::Keyed(m) => {
-                sse::initial_state_frame(&self.name, st.seq, unix_millis(), m.values())
-            }
-            Table::Keyless { rows, .. } => {
-                sse::initial_state_frame(&self.name, st.seq, unix_millis(), rows.iter())
-            }
+    /// Initial state frames for several filters of cadence `c`, and the ring
+    /// position they are consistent with (a lagged worker's resync).
+    pub fn initial_states(&self, c: usize, filters: &[Option<&Filter>]) -> (Vec<Bytes>, u64) {
+        let mut st = self.lock();
+        let ring = self.activate(&mut st, c);
+        let tail = ring.tail();
+        let frames = filters
+            .iter()
+            .map(|f| self.initial_state_locked(&st, c, *f))
+            .collect();
+        (frames, tail)
+    }
+
+    /// The frame a group with `filter` sends for ring entry `e`: the shared
+    /// frame when every row passes, rows re-joined from their pre-encoded
+    /// bytes when some do, nothing when none do.
+    pub fn filtered_frame(&self, e: &Entry, filter: Option<&Filter>) -> Option<Bytes> {
+        let Some(f) = filter else {
+            return Some(e.frame.clone());
+        };
+        let kept = e.rows.iter().filter(|r| f.passes(&r.fields)).count();
+        if kept == 0 {
+            None
+        } else if kept == e.rows.len() {
+            Some(e.frame.clone())
+        } else {
+            Some(sse::update_frame(
+                &self.event,
+                &self.name,
+                e.seq,
+                e.ts_ms,
+                e.rows
+                    .iter()
+                    .filter(|r| f.passes(&r.fields))
+                    .map(|r| &r.json),
+            ))
         }
     }
 
-    /// Starts a subscription: a replay after `last_id` when it is still in
-    /// the ring, else an initial state; and the ring position live frames
-    /// continue from. Holds the writer lock so that nothing is missed or
-    /// sent twice between the two.
-    pub fn start(&self, last_id: Option<u64>) -> (Start, u64) {
-        let st = self.lock();
-        let tail = self.ring.tail();
-        if let Some(pos) = last_id.and_then(|id| self.ring.find(id)) {
+    /// Starts a subscription on cadence `c`: a replay after `last_id` when it
+    /// is still in the cadence's ring, else an initial state; and the ring
+    /// position live frames continue from. Holds the writer lock so that
+    /// nothing is missed or sent twice between the two.
+    pub fn start(&self, c: usize, filter: Option<&Filter>, last_id: Option<u64>) -> (Start, u64) {
+        let mut st = self.lock();
+        let ring = self.activate(&mut st, c);
+        let tail = ring.tail();
+        if let Some(pos) = last_id.and_then(|id| ring.find(id)) {
             let mut frames = Vec::with_capacity((tail - pos - 1) as usize);
             let mut whole = true;
             for p in pos + 1..tail {
-                match self.ring.read(p) {
-                    Read::Frame(_, f) => frames.push(f),
+                match ring.read(p) {
+                    Read::Frame(e) => frames.extend(self.filtered_frame(&e, filter)),
                     // cannot happen while we hold the writer lock, but if it
                     // did, an initial state is the safe answer
                     _ => whole = false,
@@ -227,7 +488,10 @@ impl Topic {
                 return (Start::Replay(frames), tail);
             }
         }
-        (Start::Fresh(self.initial_state_locked(&st)), tail)
+        (
+            Start::Fresh(self.initial_state_locked(&st, c, filter)),
+            tail,
+        )
     }
 
     /// Marks worker `w` as interested. Callers then read the ring under
@@ -317,24 +581,57 @@ pub struct Hub {
     settings: Arc<Settings>,
     topics: RwLock<HashMap<Box<str>, Arc<Topic>>>,
     inboxes: Box<[Inbox]>,
+    /// Per cadence: topics with changes waiting for the cadence's tick.
+    flush_queues: Box<[SegQueue<Arc<Topic>>]>,
     draining: AtomicBool,
     /// Open client connections on this node (all workers).
     pub connections: AtomicUsize,
     /// Open SSE streams on this node (all workers).
     pub streams: AtomicUsize,
+    /// Open SSE streams per key (index into `Settings::keys`), for the keys'
+    /// `max_connections` across every worker.
+    key_streams: Box<[AtomicU32]>,
 }
 
 impl Hub {
     pub fn new(settings: Arc<Settings>) -> Hub {
         let inboxes = (0..settings.workers).map(|_| Inbox::new()).collect();
+        let flush_queues = settings.cadences.iter().map(|_| SegQueue::new()).collect();
         Hub {
-            settings,
             topics: RwLock::new(HashMap::new()),
             inboxes,
+            flush_queues,
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
+            key_streams: (0..settings.keys.len())
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+            settings,
         }
+    }
+
+    /// Counts a new stream of key `k`; false (and nothing counted) when the
+    /// key already has its `max_connections` streams open.
+    pub fn acquire_key_stream(&self, k: usize) -> bool {
+        let max = self.settings.keys[k].max_connections;
+        // Relaxed: the count is the only shared state; an increment that
+        // overshoots is undone before anyone acts on it.
+        let prev = self.key_streams[k].fetch_add(1, Ordering::Relaxed);
+        if max != 0 && prev >= max {
+            self.key_streams[k].fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn release_key_stream(&self, k: usize) {
+        self.key_streams[k].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Open streams of key `k`.
+    pub fn key_streams(&self, k: usize) -> u32 {
+        self.key_streams[k].load(Ordering::Relaxed)
     }
 
     pub fn settings(&self) -> &Arc<Settings> {
@@ -367,7 +664,7 @@ impl Hub {
         if map.len() >= MAX_TOPICS {
             return Err(TopicError::TooMany);
         }
-        let t = Arc::new(Topic::new(name, rule, self.settings.replay));
+        let t = Arc::new(Topic::new(name, rule, &self.settings));
         map.insert(name.into(), t.clone());
         Ok(t)
     }
@@ -386,10 +683,34 @@ impl Hub {
     }
 
     /// Publishes one update of `rows` (k ≥ 1) and returns its sequence id.
-    pub fn publish(&self, topic: &Arc<Topic>, rows: &[Row]) -> u64 {
-        let seq = topic.publish(rows);
-        self.notify(topic);
+    pub fn publish(&self, topic: &Arc<Topic>, rows: Vec<Row>) -> u64 {
+        let (seq, pushed, mut newly_dirty) = topic.publish(rows);
+        while newly_dirty != 0 {
+            let c = newly_dirty.trailing_zeros() as usize;
+            newly_dirty &= newly_dirty - 1;
+            self.flush_queues[c].push(topic.clone());
+        }
+        if pushed {
+            self.notify(topic);
+        }
         seq
+    }
+
+    /// Cadence `c`'s tick: every topic changed since the last one gets its
+    /// coalesced frame, and the workers are told. Returns the frames built.
+    pub fn flush_cadence(&self, c: usize, now_ms: u64) -> usize {
+        let q = &self.flush_queues[c];
+        // Only the topics queued before the tick: a publish racing with it
+        // queues its topic again for the next tick.
+        let mut built = 0;
+        for _ in 0..q.len() {
+            let Some(topic) = q.pop() else { break };
+            if topic.flush(c, now_ms) {
+                built += 1;
+                self.notify(&topic);
+            }
+        }
+        built
     }
 
     fn notify(&self, topic: &Arc<Topic>) {
@@ -439,6 +760,7 @@ mod tests {
         Row {
             json: Bytes::copy_from_slice(json.as_bytes()),
             key: key.map(Into::into),
+            fields: Box::new([]),
         }
     }
 
@@ -461,14 +783,14 @@ mod tests {
         let t = h.topic("k/1").unwrap();
         let s1 = h.publish(
             &t,
-            &[
+            vec![
                 row(r#"{"id":1,"v":1}"#, Some("1")),
                 row(r#"{"id":2,"v":1}"#, Some("2")),
             ],
         );
-        let s2 = h.publish(&t, &[row(r#"{"id":1,"v":2}"#, Some("1"))]);
+        let s2 = h.publish(&t, vec![row(r#"{"id":1,"v":2}"#, Some("1"))]);
         assert!(s2 > s1);
-        let body = t.snapshot_json();
+        let body = t.snapshot_json(None);
         let text = std::str::from_utf8(&body).unwrap();
         assert!(text.contains(r#""count":2"#), "{text}");
         assert!(
@@ -482,9 +804,9 @@ mod tests {
         let h = hub();
         let t = h.topic("l/1").unwrap();
         for i in 0..3 {
-            h.publish(&t, &[row(&format!("{{\"i\":{i}}}"), None)]);
+            h.publish(&t, vec![row(&format!("{{\"i\":{i}}}"), None)]);
         }
-        let text = String::from_utf8(t.snapshot_json().to_vec()).unwrap();
+        let text = String::from_utf8(t.snapshot_json(None).to_vec()).unwrap();
         assert!(text.ends_with(r#""data":[{"i":1},{"i":2}]}"#), "{text}");
     }
 
@@ -492,10 +814,11 @@ mod tests {
     fn start_replays_after_a_known_id_and_is_fresh_otherwise() {
         let h = hub();
         let t = h.topic("k/2").unwrap();
+        t.start(0, None, None);
         let ids: Vec<u64> = (0..3)
-            .map(|i| h.publish(&t, &[row(&format!("{{\"id\":{i}}}"), Some("a"))]))
+            .map(|i| h.publish(&t, vec![row(&format!("{{\"id\":{i}}}"), Some("a"))]))
             .collect();
-        match t.start(Some(ids[0])) {
+        match t.start(0, None, Some(ids[0])) {
             (Start::Replay(frames), tail) => {
                 assert_eq!(frames.len(), 2);
                 assert_eq!(tail, 3);
@@ -505,8 +828,11 @@ mod tests {
             }
             _ => panic!("expected a replay"),
         }
-        assert!(matches!(t.start(Some(ids[2])), (Start::Replay(f), 3) if f.is_empty()));
-        assert!(matches!(t.start(Some(12345)), (Start::Fresh(_), 3)));
-        assert!(matches!(t.start(None), (Start::Fresh(_), 3)));
+        assert!(matches!(t.start(0, None, Some(ids[2])), (Start::Replay(f), 3) if f.is_empty()));
+        assert!(matches!(
+            t.start(0, None, Some(12345)),
+            (Start::Fresh(_), 3)
+        ));
+        assert!(matches!(t.start(0, None, None), (Start::Fresh(_), 3)));
     }
 }

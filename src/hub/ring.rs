@@ -1,5 +1,7 @@
-//! The broadcast ring of one topic × tier: a fixed number of slots of
-//! `(pos, seq, frame)`, one writer, any number of readers (one cursor per
+//! The broadcast ring of one topic × cadence (tiers with the same
+//! `coalesce_ms` share it): a fixed number of slots of `(pos, entry)`, where
+//! an entry is a frame's sequence id, its encoded bytes and the rows it holds
+//! (for filtered groups to re-join), one writer, any number of readers (one cursor per
 //! worker, never one per connection). It doubles as the replay window for
 //! `Last-Event-ID`.
 //!
@@ -18,17 +20,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
+use super::Rows;
+
+/// One frame of the ring.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The highest sequence id the frame includes (its `id:`).
+    pub seq: u64,
+    /// The frame's `timestamp` (unix ms), for re-joined filtered frames.
+    pub ts_ms: u64,
+    /// The whole encoded frame, shared by every unfiltered subscriber.
+    pub frame: Bytes,
+    /// Its rows, in frame order.
+    pub rows: Rows,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.seq == other.seq && self.frame == other.frame
+    }
+}
+
+impl Eq for Entry {}
+
 struct Slot {
     pos: u64,
-    seq: u64,
-    frame: Bytes,
+    entry: Entry,
 }
 
 /// What a read at a position found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {
-    /// The frame at that position and its sequence id.
-    Frame(u64, Bytes),
+    /// The frame at that position.
+    Frame(Entry),
     /// Nothing has been written there yet.
     Empty,
     /// The position was overwritten: the reader fell a full lap behind.
@@ -47,8 +71,12 @@ impl Ring {
             .map(|_| {
                 Mutex::new(Slot {
                     pos: u64::MAX,
-                    seq: 0,
-                    frame: Bytes::new(),
+                    entry: Entry {
+                        seq: 0,
+                        ts_ms: 0,
+                        frame: Bytes::new(),
+                        rows: Rows::default(),
+                    },
                 })
             })
             .collect();
@@ -71,14 +99,13 @@ impl Ring {
     }
 
     /// Appends a frame. Callers serialise pushes (the topic's writer lock).
-    pub fn push(&self, seq: u64, frame: Bytes) {
+    pub fn push(&self, entry: Entry) {
         // Relaxed: only the single writer (holding the topic lock) stores tail.
         let pos = self.tail.load(Ordering::Relaxed);
         {
             let mut slot = self.lock(pos);
             slot.pos = pos;
-            slot.seq = seq;
-            slot.frame = frame;
+            slot.entry = entry;
         }
         // Release pairs with the Acquire in `tail`.
         self.tail.store(pos + 1, Ordering::Release);
@@ -91,7 +118,7 @@ impl Ring {
         }
         let slot = self.lock(pos);
         if slot.pos == pos {
-            Read::Frame(slot.seq, slot.frame.clone())
+            Read::Frame(slot.entry.clone())
         } else {
             Read::Lagged
         }
@@ -108,7 +135,7 @@ impl Ring {
             let mid = lo + (hi - lo) / 2;
             let (slot_pos, slot_seq) = {
                 let s = self.lock(mid);
-                (s.pos, s.seq)
+                (s.pos, s.entry.seq)
             };
             if slot_pos != mid {
                 // overwritten while we searched: the window moved past it
@@ -136,17 +163,26 @@ impl Ring {
 mod tests {
     use super::*;
 
+    fn entry(seq: u64, b: u8) -> Entry {
+        Entry {
+            seq,
+            ts_ms: 0,
+            frame: Bytes::from(vec![b]),
+            rows: Rows::default(),
+        }
+    }
+
     #[test]
     fn reads_in_order_and_reports_lag() {
         let r = Ring::new(4);
         assert_eq!(r.read(0), Read::Empty);
         for i in 0..6u64 {
-            r.push(100 + i, Bytes::from(vec![i as u8]));
+            r.push(entry(100 + i, i as u8));
         }
         assert_eq!(r.tail(), 6);
         assert_eq!(r.read(1), Read::Lagged);
-        assert_eq!(r.read(2), Read::Frame(102, Bytes::from(vec![2u8])));
-        assert_eq!(r.read(5), Read::Frame(105, Bytes::from(vec![5u8])));
+        assert_eq!(r.read(2), Read::Frame(entry(102, 2)));
+        assert_eq!(r.read(5), Read::Frame(entry(105, 5)));
         assert_eq!(r.read(6), Read::Empty);
     }
 
@@ -154,7 +190,7 @@ mod tests {
     fn find_only_sees_the_live_window() {
         let r = Ring::new(4);
         for seq in [10u64, 20, 30, 40, 50, 60] {
-            r.push(seq, Bytes::new());
+            r.push(entry(seq, 0));
         }
         assert_eq!(r.find(30), Some(2));
         assert_eq!(r.find(60), Some(5));

@@ -20,7 +20,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf
 use monoio::net::TcpStream;
 
 use crate::auth::{AuthError, Principal, Role, find_credential};
-use crate::hub::{Start, TopicError};
+use crate::config::fill;
+use crate::hub::filter::Clause;
+use crate::hub::{Filter, Start, Topic, TopicError};
 use crate::metrics;
 use crate::server::http::{self, Chunked, HttpError, Method, Request};
 use crate::server::worker::{SubState, Subscriber, Worker, frame};
@@ -71,18 +73,18 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
         };
         let keep_alive = req.keep_alive && !w.is_draining();
 
-        let sse_topic = req
-            .path
-            .strip_prefix("/v1/sse/")
-            .filter(|_| req.method != Method::Options);
-        if let Some(topic) = sse_topic {
+        let target = if req.method == Method::Options {
+            None
+        } else {
+            stream_target(&w, &req)
+        };
+        if let Some(target) = target {
             if req.method != Method::Get {
                 send_error(&w, &mut stream, 405, "use GET", false, req.header("origin")).await;
                 return;
             }
             drop(buf);
-            let topic = topic.to_string();
-            stream_sse(w, stream, req, &topic, guard).await;
+            stream_sse(w, stream, req, target, guard).await;
             return;
         }
 
@@ -261,49 +263,74 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     }
     if path == "/" {
         method(req, Method::Get)?;
-        return Ok((
-            200,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(INDEX.as_bytes()),
-        ));
+        let html = req
+            .header("accept")
+            .is_some_and(|a| a.contains("text/html"));
+        return Ok(if html {
+            (
+                200,
+                "text/html; charset=utf-8",
+                Bytes::from_static(DEMO_PAGE.as_bytes()),
+            )
+        } else {
+            (
+                200,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(INDEX.as_bytes()),
+            )
+        });
     }
     if let Some(topic) = path.strip_prefix("/v1/snapshot/") {
         method(req, Method::Get)?;
         let principal = authenticate(w, req)?;
         let topic = lookup_topic(w, topic)?;
-        allowed(w, principal, &topic.name)?;
-        return Ok((200, "application/json", topic.snapshot_json()));
+        allowed(w, &principal, &topic.name)?;
+        let filter = row_filter(&topic, req, &[])?;
+        return Ok((
+            200,
+            "application/json",
+            topic.snapshot_json(filter.as_ref()),
+        ));
+    }
+    if path == "/v1/stream/token" {
+        method(req, Method::Post)?;
+        return stream_token(w, req, body);
     }
     if let Some(topic) = path.strip_prefix("/v1/publish/") {
         method(req, Method::Post)?;
         let principal = authenticate(w, req)?;
         match principal {
             Principal::Anonymous => return Err((401, "publishing needs a publisher key")),
+            Principal::Token(_) => return Err((403, "a stream token may only subscribe")),
             Principal::Key(k) if !w.settings.keys[k].role.may_publish() => {
                 return Err((403, "this key may not publish"));
             }
             Principal::Key(_) => {}
         }
         let topic = lookup_topic(w, topic)?;
-        allowed(w, principal, &topic.name)?;
+        allowed(w, &principal, &topic.name)?;
         let ndjson = req.header("content-type").is_some_and(|c| {
             c.starts_with("application/x-ndjson") || c.starts_with("application/ndjson")
         });
         let mut body = body;
-        let rows = parse_rows(&mut body, ndjson, &topic.key_fields).map_err(|e| {
-            tracing::debug!(error = %e, "publish refused");
-            (400, publish_error_message(&e))
-        })?;
-        let seq = w.hub.publish(&topic, &rows);
-        metrics::published(rows.len());
-        let s = format!(r#"{{"accepted":{},"id":"{seq}"}}"#, rows.len());
+        let rows =
+            parse_rows(&mut body, ndjson, &topic.key_fields, &topic.fields).map_err(|e| {
+                tracing::debug!(error = %e, "publish refused");
+                (400, publish_error_message(&e))
+            })?;
+        let accepted = rows.len();
+        let seq = w.hub.publish(&topic, rows);
+        metrics::published(accepted);
+        let s = format!(r#"{{"accepted":{accepted},"id":"{seq}"}}"#);
         return Ok((202, "application/json", Bytes::from(s)));
     }
     if path == "/v1/topics" {
         method(req, Method::Get)?;
         match authenticate(w, req)? {
             Principal::Key(k) if w.settings.keys[k].role == Role::Admin => {}
-            Principal::Key(_) => return Err((403, "listing topics needs an admin key")),
+            Principal::Key(_) | Principal::Token(_) => {
+                return Err((403, "listing topics needs an admin key"));
+            }
             Principal::Anonymous => return Err((401, "listing topics needs an admin key")),
         }
         let mut s = String::from(r#"{"topics":["#);
@@ -328,8 +355,117 @@ const INDEX: &str = "sluice: Server-Sent Events edge proxy\n\n\
 GET  /v1/sse/{topic}        stream (text/event-stream)\n\
 GET  /v1/snapshot/{topic}   state table as JSON\n\
 POST /v1/publish/{topic}    publish rows (publisher key)\n\
+POST /v1/stream/token       a short-lived token for ?token= (any key)\n\
 GET  /v1/topics             topics (admin key)\n\
-GET  /healthz  GET /metrics\n";
+GET  /healthz  GET /metrics\n\
+Open / in a browser for the live demo page.\n";
+
+/// The demo page (`GET /` from a browser): EventSource, a tier switch and
+/// the frames as they arrive.
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// `POST /v1/stream/token`: any API key; an optional `{"topic":T}` scopes it.
+fn stream_token(w: &Worker, req: &Request, mut body: Vec<u8>) -> Routed {
+    let key = match authenticate(w, req)? {
+        Principal::Key(k) => k,
+        Principal::Anonymous => return Err((401, "a stream token needs an API key")),
+        Principal::Token(_) => return Err((403, "a stream token cannot issue tokens")),
+    };
+    let mut scope = None;
+    if body.iter().any(|b| !b.is_ascii_whitespace()) {
+        use simd_json::prelude::*;
+        let v = simd_json::to_borrowed_value(&mut body).map_err(|_| {
+            (
+                400,
+                "body must be a JSON object like {\"topic\":\"odds/x\"}",
+            )
+        })?;
+        let obj = v.as_object().ok_or((400, "body must be a JSON object"))?;
+        match obj.get("topic") {
+            None => {}
+            Some(t) => {
+                let t = t.as_str().ok_or((400, "topic must be a string"))?;
+                let topic = lookup_topic(w, t)?;
+                allowed(w, &Principal::Key(key), &topic.name)?;
+                scope = Some(topic.name.to_string());
+            }
+        }
+    }
+    let token = w
+        .keys
+        .issue_token(&w.settings, key, scope.as_deref(), crate::time::unix_secs());
+    let s = format!(
+        r#"{{"token":"{token}","expires_in":{}}}"#,
+        w.settings.token_ttl_s
+    );
+    Ok((200, "application/json", Bytes::from(s)))
+}
+
+/// A stream request's topic and its route's fixed filters (field, values).
+struct Target {
+    topic: String,
+    fixed: Vec<(String, String)>,
+}
+
+/// The stream a GET path names: the first `[[routes]]` template that
+/// matches, else `/v1/sse/{topic}`. `None`: not a stream path.
+fn stream_target(w: &Worker, req: &Request) -> Option<Result<Target, (u16, &'static str)>> {
+    for r in &w.settings.routes {
+        let Some(vars) = r.bind(&req.path) else {
+            continue;
+        };
+        let lookup = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .or_else(|| req.query(name))
+        };
+        let missing = (400, "a query parameter this URL needs is missing");
+        let topic = match fill(&r.topic, lookup) {
+            Ok(t) => t,
+            Err(_) => return Some(Err(missing)),
+        };
+        let mut fixed = Vec::with_capacity(r.fixed.len());
+        for (field, values) in &r.fixed {
+            match fill(values, lookup) {
+                Ok(v) => fixed.push((field.clone(), v)),
+                Err(_) => return Some(Err(missing)),
+            }
+        }
+        return Some(Ok(Target { topic, fixed }));
+    }
+    req.path.strip_prefix("/v1/sse/").map(|t| {
+        Ok(Target {
+            topic: t.to_string(),
+            fixed: Vec::new(),
+        })
+    })
+}
+
+/// The row filter of a request: the route's fixed clauses, then one clause
+/// per filter parameter of the topic that the query gives (all-of, so the
+/// client only narrows). `None`: no filter.
+fn row_filter(
+    topic: &Topic,
+    req: &Request,
+    fixed: &[(String, String)],
+) -> Result<Option<Filter>, (u16, &'static str)> {
+    let mut clauses = Vec::new();
+    for (field, values) in fixed {
+        let i = topic
+            .fields
+            .iter()
+            .position(|f| f == field)
+            .ok_or((400, "this route filters on a field the topic does not keep"))?;
+        clauses.push(Clause::parse(i, values).map_err(|e| (400, e.message()))?);
+    }
+    for (param, i) in topic.filter_params.iter() {
+        if let Some(v) = req.query(param) {
+            clauses.push(Clause::parse(*i, v).map_err(|e| (400, e.message()))?);
+        }
+    }
+    Ok(Filter::new(clauses))
+}
 
 fn publish_error_message(e: &crate::sources::publish::PublishError) -> &'static str {
     use crate::sources::publish::PublishError as P;
@@ -374,7 +510,7 @@ fn authenticate(w: &Worker, req: &Request) -> Result<Principal, (u16, &'static s
         .map_err(|e: AuthError| (401, e.message()))
 }
 
-fn lookup_topic(w: &Worker, name: &str) -> Result<Arc<crate::hub::Topic>, (u16, &'static str)> {
+fn lookup_topic(w: &Worker, name: &str) -> Result<Arc<Topic>, (u16, &'static str)> {
     w.hub.topic(name).map_err(|e| match e {
         TopicError::Invalid => (400, "invalid topic name"),
         TopicError::NotFound => (404, "no such topic"),
@@ -384,18 +520,27 @@ fn lookup_topic(w: &Worker, name: &str) -> Result<Arc<crate::hub::Topic>, (u16, 
 
 use std::sync::Arc;
 
-/// The key's `topics` patterns and the topic's `tiers` gate (403).
-fn allowed(w: &Worker, p: Principal, topic: &str) -> Result<usize, (u16, &'static str)> {
-    let tier = match p {
-        Principal::Key(k) => {
-            let key = &w.settings.keys[k];
-            if !key.topics.iter().any(|pat| pat.matches(topic)) {
-                return Err((403, "this key may not use this topic"));
+/// The token's scope, the key's `topics` patterns and the topic's `tiers`
+/// gate (403). Returns the tier the request gets.
+fn allowed(w: &Worker, p: &Principal, topic: &str) -> Result<usize, (u16, &'static str)> {
+    let (key, tier) = match p {
+        Principal::Key(k) => (Some(*k), w.settings.keys[*k].tier),
+        Principal::Token(g) => {
+            if g.topic.as_deref().is_some_and(|scope| scope != topic) {
+                return Err((403, "this stream token is for another topic"));
             }
-            key.tier
+            (Some(g.key), g.tier)
         }
-        Principal::Anonymous => w.settings.anonymous_tier,
+        Principal::Anonymous => (None, w.settings.anonymous_tier),
     };
+    if let Some(k) = key
+        && !w.settings.keys[k]
+            .topics
+            .iter()
+            .any(|pat| pat.matches(topic))
+    {
+        return Err((403, "this key may not use this topic"));
+    }
     match w.settings.topic_rule(topic) {
         Some(rule) if !rule.tiers.contains(&tier) => {
             Err((403, "this tier may not subscribe to this topic"))
@@ -426,7 +571,7 @@ async fn stream_sse(
     w: Rc<Worker>,
     mut stream: TcpStream,
     req: Request,
-    topic_name: &str,
+    target: Result<Target, (u16, &'static str)>,
     guard: ConnGuard,
 ) {
     let origin = req.header("origin");
@@ -434,13 +579,22 @@ async fn stream_sse(
         if w.hub.is_draining() {
             return Err((503, "server is draining"));
         }
+        let target = target?;
         let principal = authenticate(&w, &req)?;
-        let topic = lookup_topic(&w, topic_name)?;
-        let tier = allowed(&w, principal, &topic.name)?;
+        let topic = lookup_topic(&w, &target.topic)?;
+        let tier = allowed(&w, &principal, &topic.name)?;
+        let filter = row_filter(&topic, &req, &target.fixed)?;
         let (heartbeat_s, last_id) = stream_params(&w, &req)?;
-        Ok((topic, tier, heartbeat_s, last_id))
+        // Last: a counted stream must reach `run_stream`, which uncounts it.
+        let key = principal.key();
+        if let Some(k) = key
+            && !w.hub.acquire_key_stream(k)
+        {
+            return Err((429, "this key has max_connections streams open"));
+        }
+        Ok((topic, tier, filter, heartbeat_s, last_id, key))
     })();
-    let (topic, tier, heartbeat_s, last_id) = match checked {
+    let (topic, tier, filter, heartbeat_s, last_id, key) = match checked {
         Ok(v) => v,
         Err((status, msg)) => {
             send_error(&w, &mut stream, status, msg, false, origin).await;
@@ -450,8 +604,9 @@ async fn stream_sse(
     metrics::http_response(200);
 
     let s = &w.settings;
-    let sub = Rc::new(Subscriber::new(w.now(), heartbeat_s, s.max_duration_s));
-    let start = w.subscribe(&topic, &sub, last_id);
+    let tier = &s.tiers[tier];
+    let sub = Rc::new(Subscriber::new(w.now(), heartbeat_s, s.max_duration_s, key));
+    let start = w.subscribe(&topic, tier.cadence, filter.map(Rc::new), &sub, last_id);
 
     // Head, `connected`, then the replay or initial state: queued before
     // anything can yield, so no live frame comes between them.
@@ -466,9 +621,8 @@ async fn stream_sse(
     sub.push(frame(sse::connected_frame(&sse::Connected {
         retry_ms: s.retry_ms,
         topic: &topic.name,
-        tier: &s.tiers[tier].name,
-        // Every stream is raw until coalesced tiers land.
-        coalesce_ms: 0,
+        tier: &tier.name,
+        coalesce_ms: tier.coalesce_ms,
         heartbeat_s,
         resumed,
         ts_ms: unix_millis(),
@@ -522,12 +676,7 @@ async fn watch_peer(mut rd: OwnedReadHalf<TcpStream>) {
 /// A stream's task: writes what the fan-out queues on `sub` until the
 /// stream ends, then does the bookkeeping. One async fn with no nested
 /// future of its own, so the task stays small for as long as the stream lives.
-async fn run_stream(
-    guard: ConnGuard,
-    sub: Rc<Subscriber>,
-    topic: Arc<crate::hub::Topic>,
-    stream: TcpStream,
-) {
+async fn run_stream(guard: ConnGuard, sub: Rc<Subscriber>, topic: Arc<Topic>, stream: TcpStream) {
     let w = &*guard.0;
     let sub = &sub;
     'stream: {
@@ -585,6 +734,9 @@ async fn run_stream(
     }
     w.release_write(sub);
     sub.set_closed();
+    if let Some(k) = sub.key {
+        w.hub.release_key_stream(k);
+    }
     topic.subscribers.fetch_sub(1, Ordering::Relaxed);
     w.hub.streams.fetch_sub(1, Ordering::Relaxed);
     w.streams.set(w.streams.get() - 1);
@@ -612,7 +764,7 @@ mod tests {
             let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
             let c = TcpStream::connect(addr).await.unwrap();
-            let sub = Rc::new(Subscriber::new(0, 15, 0));
+            let sub = Rc::new(Subscriber::new(0, 15, 0, None));
             eprintln!(
                 "serve future: {}",
                 std::mem::size_of_val(&serve(w.clone(), c))

@@ -126,6 +126,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
             }
         }
     }
+    crate::hub::coalesce::spawn(hub.clone()).map_err(ServerError::Thread)?;
     let signals = spawn_signal_thread(hub.clone())?;
     let mut threads = Vec::with_capacity(settings.workers);
     for (id, listener) in listeners.into_iter().enumerate() {

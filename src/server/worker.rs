@@ -2,10 +2,13 @@
 //! epoll where io_uring is unavailable) with its own `SO_REUSEPORT` listener.
 //! It owns its connections outright; no other thread touches them.
 //!
-//! Hot module. The fan-out path (`Worker::advance`) walks the worker's group
-//! of subscribers of a topic once per ring frame and queues the same
-//! [`Frame`] (an `Rc`, one per worker per frame) on each: no allocation, no
-//! lock, no syscall per connection per event. Heartbeats, max-duration and
+//! Hot module. Subscribers are grouped by topic, then cadence (the tier's
+//! `coalesce_ms`, one ring and one cursor per worker each), then filter. The
+//! fan-out path (`Worker::advance`) reads each new ring frame once, gives
+//! each filter group its frame (the shared one, or one re-joined from the
+//! rows' bytes for the whole group, or none when no row passes) and queues
+//! the same [`Frame`] (an `Rc`, one per group per frame) on every member: no
+//! allocation, no lock, no syscall per connection per event. Heartbeats, max-duration and
 //! closing grace run off a timer wheel ticked once a second; connections are
 //! bucketed by their next deadline, never scanned.
 
@@ -21,7 +24,7 @@ use bytes::Bytes;
 
 use crate::auth::Keys;
 use crate::config::Settings;
-use crate::hub::{Hub, Read, Start, Topic};
+use crate::hub::{Filter, Hub, Read, Start, Topic};
 use crate::metrics::WorkerCounters;
 use crate::server::iovec::{Frame, FrameBatch};
 use crate::sse::{self, ReconnectReason};
@@ -77,10 +80,12 @@ pub struct Subscriber {
     /// Waiting in the worker's permit queue, or writing: the fan-out need
     /// not wake it (it looks at its queue when the write ends).
     busy: Cell<bool>,
+    /// The key whose `max_connections` this stream counts against.
+    pub key: Option<usize>,
 }
 
 impl Subscriber {
-    pub fn new(now: u32, heartbeat_s: u32, max_duration_s: u32) -> Subscriber {
+    pub fn new(now: u32, heartbeat_s: u32, max_duration_s: u32, key: Option<usize>) -> Subscriber {
         let deadline = if max_duration_s == 0 {
             u32::MAX
         } else {
@@ -98,6 +103,7 @@ impl Subscriber {
             heartbeat_s,
             permit: Cell::new(false),
             busy: Cell::new(false),
+            key,
         }
     }
 
@@ -163,11 +169,43 @@ impl Subscriber {
     }
 }
 
-/// A worker's subscribers of one topic and its cursor into the topic's ring.
-struct Group {
-    topic: Arc<Topic>,
-    cursor: u64,
+/// Subscribers that share one frame: same topic, cadence and filter.
+struct FilterGroup {
+    filter: Option<Rc<Filter>>,
     members: Vec<Rc<Subscriber>>,
+}
+
+/// The worker's cursor into one ring of a topic, and the groups reading it.
+struct CadenceGroup {
+    cadence: usize,
+    cursor: u64,
+    groups: Vec<FilterGroup>,
+}
+
+/// A worker's subscribers of one topic.
+struct TopicGroups {
+    topic: Arc<Topic>,
+    cadences: Vec<CadenceGroup>,
+}
+
+impl TopicGroups {
+    /// Drops closed members and emptied groups; true when none is left.
+    fn sweep(&mut self) -> bool {
+        self.cadences.retain_mut(|cg| {
+            cg.groups.retain_mut(|g| {
+                g.members.retain(|m| m.state.get() == SubState::Open);
+                !g.members.is_empty()
+            });
+            !cg.groups.is_empty()
+        });
+        self.cadences.is_empty()
+    }
+
+    fn members(&self) -> impl Iterator<Item = &Rc<Subscriber>> {
+        self.cadences
+            .iter()
+            .flat_map(|cg| cg.groups.iter().flat_map(|g| g.members.iter()))
+    }
 }
 
 /// Frames built once per worker and shared by all its connections.
@@ -182,7 +220,7 @@ pub struct Worker {
     pub hub: Arc<Hub>,
     pub settings: Arc<Settings>,
     pub keys: Arc<Keys>,
-    groups: RefCell<HashMap<usize, Group>>,
+    groups: RefCell<HashMap<usize, TopicGroups>>,
     wheel: RefCell<Vec<Vec<Rc<Subscriber>>>>,
     /// Seconds since the worker started (its tick count).
     now: Cell<u32>,
@@ -304,66 +342,122 @@ impl Worker {
         self.draining_since.get().is_some()
     }
 
-    /// Adds a subscriber to its topic's group and returns how it starts.
-    /// The caller queues the start frames before yielding, so no live frame
-    /// can come between them.
+    /// Adds a subscriber to the group of its topic, cadence and filter, and
+    /// returns how it starts. The caller queues the start frames before
+    /// yielding, so no live frame can come between them.
     pub fn subscribe(
         &self,
         topic: &Arc<Topic>,
+        cadence: usize,
+        filter: Option<Rc<Filter>>,
         sub: &Rc<Subscriber>,
         last_id: Option<u64>,
     ) -> Start {
         topic.add_interest(self.id);
         loop {
-            let (start, pos) = topic.start(last_id);
-            // Bring the group to `pos` so the new member sees exactly the
-            // frames after its start.
-            self.advance(topic, pos);
+            let (start, pos) = topic.start(cadence, filter.as_deref(), last_id);
+            // Bring the cadence's cursor to `pos` so the new member sees
+            // exactly the frames after its start.
+            self.advance_cadence(topic, cadence, pos);
             let mut groups = self.groups.borrow_mut();
-            let group = groups.entry(topic_key(topic)).or_insert_with(|| Group {
-                topic: topic.clone(),
-                cursor: pos,
-                members: Vec::new(),
-            });
-            if group.cursor == pos {
-                group.members.push(sub.clone());
+            let tg = groups
+                .entry(topic_key(topic))
+                .or_insert_with(|| TopicGroups {
+                    topic: topic.clone(),
+                    cadences: Vec::new(),
+                });
+            let cg = match tg.cadences.iter().position(|c| c.cadence == cadence) {
+                Some(i) => &mut tg.cadences[i],
+                None => {
+                    tg.cadences.push(CadenceGroup {
+                        cadence,
+                        cursor: pos,
+                        groups: Vec::new(),
+                    });
+                    tg.cadences.last_mut().expect("just pushed")
+                }
+            };
+            if cg.cursor == pos {
+                match cg.groups.iter_mut().find(|g| g.filter == filter) {
+                    Some(g) => g.members.push(sub.clone()),
+                    None => cg.groups.push(FilterGroup {
+                        filter,
+                        members: vec![sub.clone()],
+                    }),
+                }
                 return start;
             }
-            // The group resynchronised past `pos` (it lagged a full ring):
-            // take a newer start.
+            // The cadence resynchronised past `pos` (it lagged a full
+            // ring): take a newer start.
         }
     }
 
-    /// Delivers the ring frames of `topic` below position `upto` to this
-    /// worker's group of its subscribers.
-    pub fn advance(&self, topic: &Arc<Topic>, upto: u64) {
+    /// Delivers every new frame of every ring of `topic` to this worker's
+    /// subscribers of it.
+    pub fn advance(&self, topic: &Arc<Topic>) {
         let mut groups = self.groups.borrow_mut();
-        let Some(group) = groups.get_mut(&topic_key(topic)) else {
+        let Some(tg) = groups.get_mut(&topic_key(topic)) else {
+            return;
+        };
+        for cg in tg.cadences.iter_mut() {
+            self.advance_group(topic, cg, u64::MAX);
+        }
+    }
+
+    fn advance_cadence(&self, topic: &Arc<Topic>, cadence: usize, upto: u64) {
+        let mut groups = self.groups.borrow_mut();
+        let Some(tg) = groups.get_mut(&topic_key(topic)) else {
+            return;
+        };
+        if let Some(cg) = tg.cadences.iter_mut().find(|c| c.cadence == cadence) {
+            self.advance_group(topic, cg, upto);
+        }
+    }
+
+    /// Delivers the frames of one ring below position `upto`.
+    fn advance_group(&self, topic: &Topic, cg: &mut CadenceGroup, upto: u64) {
+        let Some(ring) = topic.ring(cg.cadence) else {
             return;
         };
         let now = self.now.get();
         let max_events = self.settings.max_events;
-        let tail = topic.ring.tail().min(upto);
-        while group.cursor < tail {
-            match topic.ring.read(group.cursor) {
-                Read::Frame(_, bytes) => {
-                    group.cursor += 1;
-                    let frame: Frame = Rc::new(bytes);
-                    let delivered = self.fan_out(group, &frame, now, max_events);
+        let tail = ring.tail().min(upto);
+        while cg.cursor < tail {
+            match ring.read(cg.cursor) {
+                Read::Frame(entry) => {
+                    cg.cursor += 1;
+                    let mut shared: Option<Frame> = None;
+                    let mut delivered = 0;
+                    for g in cg.groups.iter_mut() {
+                        let frame = match &g.filter {
+                            None => shared
+                                .get_or_insert_with(|| Rc::new(entry.frame.clone()))
+                                .clone(),
+                            Some(f) => match topic.filtered_frame(&entry, Some(f)) {
+                                Some(bytes) => Rc::new(bytes),
+                                None => continue,
+                            },
+                        };
+                        delivered += self.fan_out(&mut g.members, &frame, now, max_events);
+                    }
                     self.counters
                         .delivered
                         .set(self.counters.delivered.get() + delivered);
                 }
                 Read::Lagged => {
                     // The worker fell a full ring behind: every member gets a
-                    // fresh initial state and the group continues from it.
-                    let (bytes, pos) = topic.initial_state();
-                    let frame: Frame = Rc::new(bytes);
-                    for m in &group.members {
-                        self.queue(m, &frame, now);
-                        m.wake();
+                    // fresh initial state and the cadence continues from it.
+                    let filters: Vec<Option<&Filter>> =
+                        cg.groups.iter().map(|g| g.filter.as_deref()).collect();
+                    let (states, pos) = topic.initial_states(cg.cadence, &filters);
+                    for (g, state) in cg.groups.iter().zip(states) {
+                        let frame: Frame = Rc::new(state);
+                        for m in &g.members {
+                            self.queue(m, &frame, now);
+                            self.nudge(m);
+                        }
                     }
-                    group.cursor = pos;
+                    cg.cursor = pos;
                     self.counters
                         .lag_resyncs
                         .set(self.counters.lag_resyncs.get() + 1);
@@ -375,13 +469,19 @@ impl Worker {
     }
 
     /// Queues one update frame on every member; drops members that are gone.
-    fn fan_out(&self, group: &mut Group, frame: &Frame, now: u32, max_events: u32) -> u64 {
+    fn fan_out(
+        &self,
+        members: &mut Vec<Rc<Subscriber>>,
+        frame: &Frame,
+        now: u32,
+        max_events: u32,
+    ) -> u64 {
         let mut delivered = 0;
         let mut i = 0;
-        while i < group.members.len() {
-            let m = &group.members[i];
+        while i < members.len() {
+            let m = &members[i];
             if m.state.get() != SubState::Open {
-                group.members.swap_remove(i);
+                members.swap_remove(i);
                 continue;
             }
             if self.queue(m, frame, now) {
@@ -401,7 +501,10 @@ impl Worker {
 
     /// Queues a frame on one subscriber, or tells a slow one to reconnect.
     fn queue(&self, m: &Subscriber, frame: &Frame, now: u32) -> bool {
-        if m.queued_bytes.get() + frame.len() > MAX_QUEUED_BYTES {
+        // A frame alone always fits; past the bound with frames already
+        // waiting, the client is not keeping up.
+        let queued = m.queued_bytes.get();
+        if queued > 0 && queued + frame.len() > MAX_QUEUED_BYTES {
             m.queue.borrow_mut().clear();
             m.queued_bytes.set(0);
             let retry = jittered_retry(self.settings.retry_ms);
@@ -478,10 +581,9 @@ impl Worker {
     /// Drops closed members of idle groups, and groups left empty.
     fn sweep_groups(&self) {
         let id = self.id;
-        self.groups.borrow_mut().retain(|_, g| {
-            g.members.retain(|m| m.state.get() == SubState::Open);
-            if g.members.is_empty() {
-                g.topic.remove_interest(id);
+        self.groups.borrow_mut().retain(|_, tg| {
+            if tg.sweep() {
+                tg.topic.remove_interest(id);
                 false
             } else {
                 true
@@ -494,7 +596,7 @@ impl Worker {
         let inbox = self.hub.inbox(self.id);
         while let Some(topic) = inbox.pop() {
             topic.dequeued(self.id);
-            self.advance(&topic, u64::MAX);
+            self.advance(&topic);
         }
         if inbox.shutdown_requested() && !self.is_draining() {
             self.start_drain();
@@ -506,15 +608,15 @@ impl Worker {
         let now = self.now.get();
         self.draining_since.set(Some(now));
         let groups = std::mem::take(&mut *self.groups.borrow_mut());
-        for (_, g) in groups {
-            for m in g.members {
+        for (_, tg) in groups {
+            for m in tg.members() {
                 let retry = jittered_retry(self.settings.retry_ms);
                 m.close_with(
                     Rc::new(sse::reconnect_frame(ReconnectReason::Shutdown, retry)),
                     now,
                 );
             }
-            g.topic.remove_interest(self.id);
+            tg.topic.remove_interest(self.id);
         }
     }
 
@@ -589,9 +691,10 @@ mod tests {
     fn publish(hub: &Hub, t: &Arc<Topic>, n: u32) -> u64 {
         hub.publish(
             t,
-            &[Row {
+            vec![Row {
                 json: Bytes::from(format!("{{\"n\":{n}}}")),
                 key: None,
+                fields: Box::new([]),
             }],
         )
     }
@@ -600,9 +703,11 @@ mod tests {
     fn members_get_every_frame_once_in_order() {
         let (w, hub) = worker("");
         let t = hub.topic("a").unwrap();
-        let subs: Vec<_> = (0..3).map(|_| Rc::new(Subscriber::new(0, 15, 0))).collect();
+        let subs: Vec<_> = (0..3)
+            .map(|_| Rc::new(Subscriber::new(0, 15, 0, None)))
+            .collect();
         for s in &subs {
-            assert!(matches!(w.subscribe(&t, s, None), Start::Fresh(_)));
+            assert!(matches!(w.subscribe(&t, 0, None, s, None), Start::Fresh(_)));
         }
         let ids: Vec<u64> = (0..5).map(|n| publish(&hub, &t, n)).collect();
         w.on_inbox();
@@ -619,8 +724,8 @@ mod tests {
     fn lagging_worker_resyncs_from_state() {
         let (w, hub) = worker("");
         let t = hub.topic("a").unwrap();
-        let s = Rc::new(Subscriber::new(0, 15, 0));
-        w.subscribe(&t, &s, None);
+        let s = Rc::new(Subscriber::new(0, 15, 0, None));
+        w.subscribe(&t, 0, None, &s, None);
         for n in 0..40 {
             publish(&hub, &t, n); // 40 > 16 ring slots, no fan-out in between
         }
@@ -641,8 +746,8 @@ mod tests {
     fn limit_frame_after_max_events_then_nothing() {
         let (w, hub) = worker("max_events = 2");
         let t = hub.topic("a").unwrap();
-        let s = Rc::new(Subscriber::new(0, 15, 0));
-        w.subscribe(&t, &s, None);
+        let s = Rc::new(Subscriber::new(0, 15, 0, None));
+        w.subscribe(&t, 0, None, &s, None);
         for n in 0..4 {
             publish(&hub, &t, n);
         }
@@ -660,8 +765,8 @@ mod tests {
     fn heartbeat_when_silent_and_timeout_at_max_duration() {
         let (w, hub) = worker("heartbeat_s = 2\nmax_duration_s = 5");
         let t = hub.topic("a").unwrap();
-        let s = Rc::new(Subscriber::new(w.now(), 2, 5));
-        w.subscribe(&t, &s, None);
+        let s = Rc::new(Subscriber::new(w.now(), 2, 5, None));
+        w.subscribe(&t, 0, None, &s, None);
         w.schedule(&s);
         w.tick(); // 1
         assert!(drain(&s).is_empty());
@@ -690,15 +795,16 @@ mod tests {
     fn slow_consumer_is_told_to_reconnect() {
         let (w, hub) = worker("");
         let t = hub.topic("a").unwrap();
-        let s = Rc::new(Subscriber::new(0, 15, 0));
-        w.subscribe(&t, &s, None);
+        let s = Rc::new(Subscriber::new(0, 15, 0, None));
+        w.subscribe(&t, 0, None, &s, None);
         let big = "x".repeat(200_000);
         for _ in 0..8 {
             hub.publish(
                 &t,
-                &[Row {
+                vec![Row {
                     json: Bytes::from(format!("\"{big}\"")),
                     key: None,
+                    fields: Box::new([]),
                 }],
             );
             w.on_inbox();

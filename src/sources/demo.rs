@@ -191,9 +191,9 @@ fn publish_body(hub: &Hub, topic: &str, body: &mut [u8]) {
         );
         return;
     };
-    match parse_rows(body, false, &topic.key_fields) {
+    match parse_rows(body, false, &topic.key_fields, &topic.fields) {
         Ok(rows) => {
-            hub.publish(&topic, &rows);
+            hub.publish(&topic, rows);
         }
         Err(e) => tracing::warn!(error = %e, "demo row refused"),
     }

@@ -29,12 +29,18 @@ pub enum PublishError {
     TooManyRows,
 }
 
-/// Parses a body into rows. `body` is used as simd-json's scratch space.
+/// Parses a body into rows, keeping each row's state-table key and its
+/// values of the topic's filter fields. `body` is simd-json's scratch space.
 pub fn parse_rows(
     body: &mut [u8],
     ndjson: bool,
     key_fields: &[String],
+    filter_fields: &[String],
 ) -> Result<Vec<Row>, PublishError> {
+    let spec = Fields {
+        key: key_fields,
+        filter: filter_fields,
+    };
     let mut rows = Vec::new();
     if ndjson {
         let mut start = 0;
@@ -47,7 +53,7 @@ pub fn parse_rows(
             if line.iter().any(|b| !b.is_ascii_whitespace()) {
                 let v = simd_json::to_borrowed_value(line)
                     .map_err(|e| PublishError::Json(e.to_string()))?;
-                push_row(&mut rows, &v, key_fields)?;
+                push_row(&mut rows, &v, &spec)?;
             }
             start = end + 1;
         }
@@ -64,10 +70,10 @@ pub fn parse_rows(
                 }
                 rows.reserve(items.len());
                 for item in items {
-                    push_row(&mut rows, item, key_fields)?;
+                    push_row(&mut rows, item, &spec)?;
                 }
             }
-            None => push_row(&mut rows, &v, key_fields)?,
+            None => push_row(&mut rows, &v, &spec)?,
         }
     }
     if rows.is_empty() {
@@ -76,11 +82,26 @@ pub fn parse_rows(
     Ok(rows)
 }
 
+struct Fields<'a> {
+    key: &'a [String],
+    filter: &'a [String],
+}
+
+/// A field's value as filters and keys compare it: a string's text, or the
+/// compact JSON of anything else (`7`, `true`).
+fn field_text(out: &mut String, value: &BorrowedValue<'_>) {
+    match value.as_str() {
+        Some(s) => out.push_str(s),
+        None => out.push_str(&value.encode()),
+    }
+}
+
 fn push_row(
     rows: &mut Vec<Row>,
     v: &BorrowedValue<'_>,
-    key_fields: &[String],
+    spec: &Fields<'_>,
 ) -> Result<(), PublishError> {
+    let key_fields = spec.key;
     let n = rows.len();
     if n >= MAX_ROWS_PER_PUBLISH {
         return Err(PublishError::TooManyRows);
@@ -97,16 +118,25 @@ fn push_row(
             if i > 0 {
                 key.push('\u{1f}');
             }
-            match value.as_str() {
-                Some(s) => key.push_str(s),
-                None => key.push_str(&value.encode()),
-            }
+            field_text(&mut key, value);
         }
         Some(key.into_boxed_str())
     };
+    let fields = spec
+        .filter
+        .iter()
+        .map(|f| {
+            obj.get(f.as_str()).map(|value| {
+                let mut s = String::new();
+                field_text(&mut s, value);
+                s.into_boxed_str()
+            })
+        })
+        .collect();
     rows.push(Row {
         json: Bytes::from(v.encode().into_bytes()),
         key,
+        fields,
     });
     Ok(())
 }
@@ -122,46 +152,54 @@ mod tests {
     #[test]
     fn object_array_and_ndjson() {
         let mut b = br#" { "a" : 1, "b":[1, 2] } "#.to_vec();
-        let rows = parse_rows(&mut b, false, &[]).unwrap();
+        let rows = parse_rows(&mut b, false, &[], &[]).unwrap();
         assert_eq!(&rows[0].json[..], br#"{"a":1,"b":[1,2]}"#);
 
         let mut b = br#"[{"id":"x","v":1},{"id":7,"v":2}]"#.to_vec();
-        let rows = parse_rows(&mut b, false, &keys(&["id"])).unwrap();
+        let rows = parse_rows(&mut b, false, &keys(&["id"]), &[]).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].key.as_deref(), Some("x"));
         assert_eq!(rows[1].key.as_deref(), Some("7"));
 
         let mut b = b"{\"a\":1}\n\n{\"a\":2}\r\n".to_vec();
-        let rows = parse_rows(&mut b, true, &[]).unwrap();
+        let rows = parse_rows(&mut b, true, &[], &[]).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(&rows[1].json[..], br#"{"a":2}"#);
+    }
+
+    #[test]
+    fn filter_fields_are_kept_as_text() {
+        let mut b = br#"{"book":"novig","n":7,"ok":true}"#.to_vec();
+        let rows = parse_rows(&mut b, false, &[], &keys(&["book", "n", "ok", "gone"])).unwrap();
+        let f: Vec<Option<&str>> = rows[0].fields.iter().map(|x| x.as_deref()).collect();
+        assert_eq!(f, vec![Some("novig"), Some("7"), Some("true"), None]);
     }
 
     #[test]
     fn all_or_nothing() {
         let mut b = br#"[{"a":1}, 3]"#.to_vec();
         assert_eq!(
-            parse_rows(&mut b, false, &[]).unwrap_err(),
+            parse_rows(&mut b, false, &[], &[]).unwrap_err(),
             PublishError::NotAnObject(1)
         );
         let mut b = br#"[{"id":1},{"x":2}]"#.to_vec();
         assert_eq!(
-            parse_rows(&mut b, false, &keys(&["id"])).unwrap_err(),
+            parse_rows(&mut b, false, &keys(&["id"]), &[]).unwrap_err(),
             PublishError::MissingKey(1, "id".into())
         );
         let mut b = br#"{"a":"#.to_vec();
         assert!(matches!(
-            parse_rows(&mut b, false, &[]),
+            parse_rows(&mut b, false, &[], &[]),
             Err(PublishError::Json(_))
         ));
         let mut b = b"  ".to_vec();
         assert_eq!(
-            parse_rows(&mut b, false, &[]).unwrap_err(),
+            parse_rows(&mut b, false, &[], &[]).unwrap_err(),
             PublishError::Empty
         );
         let mut b = b"[]".to_vec();
         assert_eq!(
-            parse_rows(&mut b, false, &[]).unwrap_err(),
+            parse_rows(&mut b, false, &[], &[]).unwrap_err(),
             PublishError::Empty
         );
     }

@@ -1,0 +1,191 @@
+//! Row filters (SPEC §2): a subscription's query filters and its route's
+//! fixed `match`, as clauses over a topic's filter fields. A row passes when
+//! it passes every clause; a clause passes when the row's field equals one of
+//! its values, or starts with a value given as `prefix*`.
+//!
+//! Filters are canonical (clauses sorted by field, values sorted and
+//! deduplicated) so that subscribers asking the same thing in a different
+//! order compare equal and share one group and one encoded frame per worker.
+//! A route's clause and a client's clause on the same field are both kept:
+//! all-of means the client can only narrow what the route allows.
+//!
+//! Hot for [`Filter::passes`]: runs once per row per filtered group per frame,
+//! never per connection; compares bytes, allocates nothing.
+
+/// Most values one filter parameter may list.
+pub const MAX_FILTER_VALUES: usize = 64;
+/// Longest filter value, in bytes.
+pub const MAX_FILTER_VALUE_BYTES: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Value {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+}
+
+impl Value {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Value::Exact(e) => **e == *v,
+            Value::Prefix(p) => v.starts_with(&**p),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Clause {
+    /// Index into the topic's filter fields (and each row's `fields`).
+    pub field: usize,
+    pub values: Box<[Value]>,
+}
+
+/// Why a filter value list was refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterError {
+    Empty,
+    TooMany,
+    TooLong,
+}
+
+impl FilterError {
+    pub fn message(self) -> &'static str {
+        match self {
+            FilterError::Empty => "a filter parameter needs at least one value",
+            FilterError::TooMany => "too many values in one filter parameter",
+            FilterError::TooLong => "a filter value is too long",
+        }
+    }
+}
+
+impl Clause {
+    /// Parses comma-separated values (`a,b,user.*`) for one field.
+    pub fn parse(field: usize, csv: &str) -> Result<Clause, FilterError> {
+        let mut values = Vec::new();
+        for v in csv.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            if v.len() > MAX_FILTER_VALUE_BYTES {
+                return Err(FilterError::TooLong);
+            }
+            if values.len() == MAX_FILTER_VALUES {
+                return Err(FilterError::TooMany);
+            }
+            values.push(match v.strip_suffix('*') {
+                Some(p) => Value::Prefix(p.into()),
+                None => Value::Exact(v.into()),
+            });
+        }
+        if values.is_empty() {
+            return Err(FilterError::Empty);
+        }
+        values.sort();
+        values.dedup();
+        Ok(Clause {
+            field,
+            values: values.into_boxed_slice(),
+        })
+    }
+}
+
+/// All-of over clauses. An empty filter passes everything (and is never
+/// built: unfiltered subscribers carry `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Filter {
+    clauses: Box<[Clause]>,
+}
+
+impl Filter {
+    /// A canonical filter from clauses in any order; `None` when empty.
+    pub fn new(mut clauses: Vec<Clause>) -> Option<Filter> {
+        if clauses.is_empty() {
+            return None;
+        }
+        clauses.sort_by(|a, b| a.field.cmp(&b.field).then(a.values.cmp(&b.values)));
+        clauses.dedup();
+        Some(Filter {
+            clauses: clauses.into_boxed_slice(),
+        })
+    }
+
+    /// True when a row with these filter-field values passes.
+    pub fn passes(&self, fields: &[Option<Box<str>>]) -> bool {
+        self.clauses.iter().all(|c| {
+            fields
+                .get(c.field)
+                .and_then(|f| f.as_deref())
+                .is_some_and(|v| c.values.iter().any(|want| want.matches(v)))
+        })
+    }
+}
+
+/// True when `filter` (if any) lets a row through.
+pub fn passes(filter: Option<&Filter>, fields: &[Option<Box<str>>]) -> bool {
+    filter.is_none_or(|f| f.passes(fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(v: &[Option<&str>]) -> Vec<Option<Box<str>>> {
+        v.iter().map(|x| x.map(Into::into)).collect()
+    }
+
+    #[test]
+    fn csv_prefix_and_all_of() {
+        let f = Filter::new(vec![
+            Clause::parse(0, "pinnacle, fanduel").unwrap(),
+            Clause::parse(1, "user.*").unwrap(),
+        ])
+        .unwrap();
+        assert!(f.passes(&fields(&[Some("fanduel"), Some("user.login")])));
+        assert!(!f.passes(&fields(&[Some("novig"), Some("user.login")])));
+        assert!(!f.passes(&fields(&[Some("pinnacle"), Some("admin.login")])));
+        assert!(
+            !f.passes(&fields(&[Some("pinnacle"), None])),
+            "missing field"
+        );
+    }
+
+    #[test]
+    fn canonical_order_compares_equal() {
+        let a = Filter::new(vec![
+            Clause::parse(1, "b,a").unwrap(),
+            Clause::parse(0, "x").unwrap(),
+        ]);
+        let b = Filter::new(vec![
+            Clause::parse(0, "x").unwrap(),
+            Clause::parse(1, "a,b,a").unwrap(),
+        ]);
+        assert_eq!(a, b);
+        assert_eq!(Filter::new(vec![]), None);
+    }
+
+    #[test]
+    fn route_and_client_clauses_on_one_field_only_narrow() {
+        // route: alert.*; client asks for user.* too: nothing passes
+        let f = Filter::new(vec![
+            Clause::parse(0, "alert.*").unwrap(),
+            Clause::parse(0, "user.*").unwrap(),
+        ])
+        .unwrap();
+        assert!(!f.passes(&fields(&[Some("user.login")])));
+        assert!(!f.passes(&fields(&[Some("alert.fire")])));
+        let f = Filter::new(vec![
+            Clause::parse(0, "alert.*").unwrap(),
+            Clause::parse(0, "alert.fire").unwrap(),
+        ])
+        .unwrap();
+        assert!(f.passes(&fields(&[Some("alert.fire")])));
+        assert!(!f.passes(&fields(&[Some("alert.smoke")])));
+    }
+
+    #[test]
+    fn bad_values() {
+        assert_eq!(Clause::parse(0, "").unwrap_err(), FilterError::Empty);
+        assert_eq!(Clause::parse(0, " , ").unwrap_err(), FilterError::Empty);
+        let long = "x".repeat(MAX_FILTER_VALUE_BYTES + 1);
+        assert_eq!(Clause::parse(0, &long).unwrap_err(), FilterError::TooLong);
+        let many = vec!["a"; MAX_FILTER_VALUES + 1].join(",");
+        // duplicates still count against the limit before dedup
+        assert_eq!(Clause::parse(0, &many).unwrap_err(), FilterError::TooMany);
+    }
+}
