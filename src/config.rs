@@ -517,7 +517,18 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
     };
 
     let a = raw.auth;
-    let anonymous_tier = tier_index(&a.anonymous_tier)?;
+    // The anonymous tier matters only when keys are optional; its default
+    // ("business") need not exist when they are required.
+    let anonymous_tier = match tier_index(&a.anonymous_tier) {
+        Ok(t) => t,
+        Err(_) if a.required && a.anonymous_tier.span().is_empty() => 0,
+        Err(e) => {
+            return Err(ConfigError {
+                message: format!("auth.anonymous_tier: {}", e.message),
+                ..e
+            });
+        }
+    };
     let token_secret = if a.token_secret.is_empty() {
         // A per-process secret from the kernel's CSPRNG (tokens then die
         // with the process, which is what an empty secret asks for).
