@@ -79,7 +79,8 @@ fn odds_profile() {
     let c = s.subscribe("/v1/sse/odds/basketball_nba", &[]);
     assert_eq!(c.status, 401);
 
-    let forms: [(&str, Vec<(&str, &str)>, &str, &str); 3] = [
+    type Form<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let forms: [Form; 3] = [
         (
             "/v1/sse/odds/basketball_nba?apiKey=pk_live_scale",
             vec![],
