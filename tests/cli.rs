@@ -164,6 +164,61 @@ fn demo_feed_streams_odds_and_ticks() {
     }
 }
 
+/// The page at `/` and the three demo keys it uses: each key gets its tier,
+/// and the coalesced tiers' frames come at most once per interval.
+#[test]
+fn demo_page_and_keys_show_each_tier() {
+    let demo = std::fs::read_to_string(repo("config/demo.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0");
+    let s = Server::start(&demo);
+    let (st, head, page) = s.request("GET", "/", &[("Accept", "text/html")], b"");
+    assert_eq!(st, 200);
+    assert!(head.contains("Content-Type: text/html"), "{head}");
+    for needle in [
+        "new EventSource(",
+        "demo-scale",
+        "demo-enterprise",
+        "demo-business",
+        "apiKey=",
+    ] {
+        assert!(page.contains(needle), "the page uses {needle}");
+    }
+    let (_, head, text) = s.request("GET", "/", &[], b"");
+    assert!(head.contains("text/plain") && text.contains("/v1/sse/{topic}"));
+
+    for (key, tier, interval_ms) in [
+        ("demo-scale", "scale", 0),
+        ("demo-enterprise", "enterprise", 500),
+        ("demo-business", "business", 1000),
+    ] {
+        // as the page does: the key in the query
+        let mut c = s.subscribe(&format!("/v1/sse/odds/basketball_nba?apiKey={key}"), &[]);
+        let (conn, _) = c.start();
+        assert_eq!(conn.json()["tier"], tier);
+        let stamps: Vec<u64> = (0..3)
+            .map(|_| {
+                let f = c.next_event().unwrap();
+                assert_eq!(f.event(), "odds_update");
+                f.json()["timestamp"].as_u64().unwrap()
+            })
+            .collect();
+        for w in stamps.windows(2) {
+            let gap = w[1] - w[0];
+            if interval_ms > 0 {
+                // ticks fall on wall-clock multiples of the interval
+                assert!(gap >= interval_ms - 50, "{tier}: frames {gap} ms apart");
+                assert_eq!(
+                    w[1] / 10 % (interval_ms / 10),
+                    0,
+                    "{tier}: tick at {}",
+                    w[1]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn systemd_unit_verifies() {
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {

@@ -45,7 +45,9 @@ impl Coalescer {
         let mut next = u64::MAX;
         for (c, ms, due) in self.due.iter_mut() {
             if now_ms >= *due {
-                hub.flush_cadence(*c, now_ms);
+                // Frames carry the tick's own instant, so every topic of a
+                // tier flushed by one tick has the same timestamp.
+                hub.flush_cadence(*c, now_ms - now_ms % *ms);
                 *due = next_tick(now_ms, *ms);
             }
             next = next.min(*due);
