@@ -605,7 +605,13 @@ async fn stream_sse(
 
     let s = &w.settings;
     let tier = &s.tiers[tier];
-    let sub = Rc::new(Subscriber::new(w.now(), heartbeat_s, s.max_duration_s, key));
+    let sub = Rc::new(Subscriber::new(
+        w.now(),
+        heartbeat_s,
+        s.max_duration_s,
+        key,
+        tier.coalesce_ms == 0,
+    ));
     let start = w.subscribe(&topic, tier.cadence, filter.map(Rc::new), &sub, last_id);
 
     // Head, `connected`, then the replay or initial state: queued before
@@ -764,7 +770,7 @@ mod tests {
             let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
             let c = TcpStream::connect(addr).await.unwrap();
-            let sub = Rc::new(Subscriber::new(0, 15, 0, None));
+            let sub = Rc::new(Subscriber::new(0, 15, 0, None, true));
             eprintln!(
                 "serve future: {}",
                 std::mem::size_of_val(&serve(w.clone(), c))

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Tier fan-out benchmark: one topic, subscribers split across tiers, a fixed
+publish rate; server CPU seconds per million delivered frames, per run.
+
+The server runs pinned to core 0 (one worker); the load generators (the peer
+harness's ssebench, one process per tier, each with that tier's key) and the
+publisher (ssepub) run pinned to core 1. Server CPU is utime+stime from
+/proc/PID/stat over the publishing window.
+
+    scripts/tier-bench.py [--rate 500] [--duration 20] [--shape odds|ticker]
+                          [--tiers scale:1000,enterprise:4500,business:4500]
+                          [--out bench-results/tiers.jsonl]
+
+--shape odds:   the topic's key is the row's event_id (ssepub's rows cycle
+                through 997 of them): a coalesced frame holds every event that
+                changed in its interval.
+--shape ticker: the key is constant (one instrument updated R times a
+                second): a coalesced frame holds one row.
+
+Needs the harness built (scripts/peer-bench.sh builds it into
+/tmp/sluice-peerbench) and a release build of sluice.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK = os.environ.get("BENCH_WORK", "/tmp/sluice-peerbench")
+BIN = os.path.join(WORK, "target", "release")
+PORT = 8111
+SERVER_CPU, LOAD_CPU = "0", "1"
+KEYS = {"scale": "k_scale", "enterprise": "k_enterprise", "business": "k_business"}
+
+CONFIG = """
+[server]
+listen = "127.0.0.1:{port}"
+workers = 1
+max_connections = 200000
+heartbeat_s = 30
+max_duration_s = 0
+max_events = 0
+
+[auth]
+required = true
+
+[tiers.scale]
+coalesce_ms = 0
+[tiers.enterprise]
+coalesce_ms = 500
+[tiers.business]
+coalesce_ms = 1000
+
+[[keys]]
+name = "scale"
+key = "k_scale"
+tier = "scale"
+[[keys]]
+name = "enterprise"
+key = "k_enterprise"
+tier = "enterprise"
+[[keys]]
+name = "business"
+key = "k_business"
+tier = "business"
+[[keys]]
+name = "publisher"
+key = "bench-pub"
+tier = "scale"
+role = "publisher"
+
+[[topics]]
+pattern = "bench/*"
+key = [{key}]
+"""
+
+
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_tcp(port, timeout=10):
+    import socket
+
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("sluice did not listen")
+
+
+def run(args):
+    tiers = []
+    for part in args.tiers.split(","):
+        name, n = part.split(":")
+        tiers.append((name, int(n)))
+    key = '"book"' if args.shape == "ticker" else '"event_id"'
+    tmp = tempfile.mkdtemp(prefix="sluice-tierbench-")
+    cfg = os.path.join(tmp, "sluice.toml")
+    with open(cfg, "w") as f:
+        f.write(CONFIG.format(port=PORT, key=key))
+    sluice = os.path.join(REPO, "target", "release", "sluice")
+    server = subprocess.Popen(
+        ["taskset", "-c", SERVER_CPU, sluice, "serve", "--config", cfg],
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(tmp, "sluice.log"), "w"),
+        env={**os.environ, "SLUICE_LOG": "warn"},
+    )
+    benches = []
+    try:
+        wait_tcp(PORT)
+        rss0 = rss_kib(server.pid)
+        url = f"http://127.0.0.1:{PORT}/v1/sse/bench/t"
+        for name, n in tiers:
+            ready = os.path.join(tmp, f"{name}.ready")
+            p = subprocess.Popen(
+                ["taskset", "-c", LOAD_CPU, os.path.join(BIN, "ssebench"), "--url", url,
+                 "--connections", str(n), "--ramp", "2000", "--duration", "3600",
+                 "--header", f"X-API-Key: {KEYS[name]}", "--ready-file", ready, "--progress", "0"],
+                stdout=subprocess.PIPE, stderr=open(os.path.join(tmp, f"{name}.log"), "w"), text=True,
+            )
+            benches.append((name, n, p, ready))
+        end = time.time() + 60
+        while not all(os.path.exists(b[3]) for b in benches):
+            if time.time() > end:
+                raise RuntimeError("subscribers did not connect")
+            time.sleep(0.1)
+        time.sleep(1.0)  # let the initial states drain before measuring
+        for _, _, p, _ in benches:
+            p.send_signal(signal.SIGUSR1)  # end the ramp phase
+        for _, _, p, _ in benches:
+            p.stdout.readline()
+        c0, t0 = cpu_s(server.pid), time.time()
+        pub = subprocess.run(
+            ["taskset", "-c", LOAD_CPU, os.path.join(BIN, "ssepub"), "--url",
+             f"http://127.0.0.1:{PORT}/v1/publish/bench/t", "--rate", str(args.rate),
+             "--duration", str(args.duration), "--template", "{{json}}",
+             "--header", "X-API-Key: bench-pub"],
+            capture_output=True, text=True,
+        )
+        if pub.returncode != 0:
+            raise RuntimeError(f"ssepub failed: {pub.stderr[-400:]}")
+        time.sleep(1.2)  # the last coalesced frames (one 1 s tick) arrive
+        c1, t1 = cpu_s(server.pid), time.time()
+        rss1 = rss_kib(server.pid)
+        out = []
+        total_frames = 0
+        for name, n, p, _ in benches:
+            p.send_signal(signal.SIGUSR1)
+            s = json.loads(p.stdout.readline())
+            total_frames += s["events"]
+            out.append((name, n, s))
+        server_cpu = c1 - c0
+        row = {
+            "tool": "tier-bench",
+            "commit": subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                                     capture_output=True, text=True).stdout.strip(),
+            "shape": args.shape,
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "window_s": round(t1 - t0, 2),
+            "server_cpu_s": round(server_cpu, 2),
+            "server_cpu_pct": round(100 * server_cpu / (t1 - t0), 1),
+            "frames": total_frames,
+            "server_s_per_m_frames": round(server_cpu / total_frames * 1e6, 2) if total_frames else None,
+            "rss_kib_delta": rss1 - rss0,
+            "tiers": [
+                {
+                    "tier": name,
+                    "subscribers": n,
+                    "established": s["established"],
+                    "frames": s["events"],
+                    "frames_per_sub_per_s": round(s["events"] / n / (t1 - t0), 2),
+                    "bytes_per_sub_per_s": round(s["bytes"] / n / (t1 - t0)),
+                    "lat_ms_p50": s["lat_ms"]["p50"],
+                    "lat_ms_p99": s["lat_ms"]["p99"],
+                    "loadgen_cpu_s": s["cpu_s"],
+                }
+                for name, n, s in out
+            ],
+        }
+        return row
+    finally:
+        for _, _, p, _ in benches:
+            p.terminate()
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=int, default=500)
+    ap.add_argument("--duration", type=int, default=20)
+    ap.add_argument("--shape", choices=["odds", "ticker"], default="odds")
+    ap.add_argument("--tiers", default="scale:1000,enterprise:4500,business:4500")
+    ap.add_argument("--out", default=os.path.join(REPO, "bench-results", "tiers.jsonl"))
+    args = ap.parse_args()
+    for b in ("ssebench", "ssepub"):
+        if not os.access(os.path.join(BIN, b), os.X_OK):
+            sys.exit(f"{BIN}/{b} missing: run scripts/peer-bench.sh smoke sluice once to build the harness")
+    row = run(args)
+    line = json.dumps(row)
+    print(line)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "a") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
