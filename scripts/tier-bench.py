@@ -16,6 +16,9 @@ publisher (ssepub) run pinned to core 1. Server CPU is utime+stime from
                 changed in its interval.
 --shape ticker: the key is constant (one instrument updated R times a
                 second): a coalesced frame holds one row.
+--keys N:       publish with this script's own publisher instead of ssepub:
+                rows like ssepub's (ts_ns first) whose event_id cycles through
+                N values, the topic keyed by event_id.
 
 Needs the harness built (scripts/peer-bench.sh builds it into
 /tmp/sluice-peerbench) and a release build of sluice.
@@ -107,6 +110,37 @@ def wait_tcp(port, timeout=10):
     raise RuntimeError("sluice did not listen")
 
 
+def publish_rows(port, rate, duration, keys):
+    """A fixed-rate publisher (one keep-alive connection, one request at a
+    time, like ssepub) whose rows cycle through `keys` event ids."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    period = 1.0 / rate
+    t0 = time.perf_counter()
+    sent = 0
+    for seq in range(int(rate * duration)):
+        due = t0 + seq * period
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        ts = time.time_ns()
+        body = (
+            '{"ts_ns":%d,"seq":%d,"type":"odds","event_id":"ev-%05d","market":"match_winner",'
+            '"status":"open","book":"bk07","sel":[{"id":"1","odds":%d.%02d},{"id":"X","odds":3.10},'
+            '{"id":"2","odds":2.45}],"upd_ms":%d,"src":"feed-a"}'
+            % (ts, seq, seq % keys, 1 + seq % 3, seq % 100, ts // 1_000_000)
+        )
+        conn.request("POST", "/v1/publish/bench/t", body, {"X-API-Key": "bench-pub"})
+        r = conn.getresponse()
+        r.read()
+        if r.status != 202:
+            raise RuntimeError(f"publish answered {r.status}")
+        sent += 1
+    conn.close()
+    return sent
+
+
 def run(args):
     tiers = []
     for part in args.tiers.split(","):
@@ -149,15 +183,19 @@ def run(args):
         for _, _, p, _ in benches:
             p.stdout.readline()
         c0, t0 = cpu_s(server.pid), time.time()
-        pub = subprocess.run(
-            ["taskset", "-c", LOAD_CPU, os.path.join(BIN, "ssepub"), "--url",
-             f"http://127.0.0.1:{PORT}/v1/publish/bench/t", "--rate", str(args.rate),
-             "--duration", str(args.duration), "--template", "{{json}}",
-             "--header", "X-API-Key: bench-pub"],
-            capture_output=True, text=True,
-        )
-        if pub.returncode != 0:
-            raise RuntimeError(f"ssepub failed: {pub.stderr[-400:]}")
+        if args.keys:
+            os.sched_setaffinity(0, {int(LOAD_CPU)})
+            publish_rows(PORT, args.rate, args.duration, args.keys)
+        else:
+            pub = subprocess.run(
+                ["taskset", "-c", LOAD_CPU, os.path.join(BIN, "ssepub"), "--url",
+                 f"http://127.0.0.1:{PORT}/v1/publish/bench/t", "--rate", str(args.rate),
+                 "--duration", str(args.duration), "--template", "{{json}}",
+                 "--header", "X-API-Key: bench-pub"],
+                capture_output=True, text=True,
+            )
+            if pub.returncode != 0:
+                raise RuntimeError(f"ssepub failed: {pub.stderr[-400:]}")
         time.sleep(1.2)  # the last coalesced frames (one 1 s tick) arrive
         c1, t1 = cpu_s(server.pid), time.time()
         rss1 = rss_kib(server.pid)
@@ -173,7 +211,7 @@ def run(args):
             "tool": "tier-bench",
             "commit": subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                                      capture_output=True, text=True).stdout.strip(),
-            "shape": args.shape,
+            "shape": f"keys={args.keys}" if args.keys else args.shape,
             "rate": args.rate,
             "duration_s": args.duration,
             "window_s": round(t1 - t0, 2),
@@ -214,6 +252,7 @@ def main():
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--shape", choices=["odds", "ticker"], default="odds")
     ap.add_argument("--tiers", default="scale:1000,enterprise:4500,business:4500")
+    ap.add_argument("--keys", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(REPO, "bench-results", "tiers.jsonl"))
     args = ap.parse_args()
     for b in ("ssebench", "ssepub"):

@@ -140,8 +140,9 @@ pub struct Topic {
     /// `coalesce_ms` of each cadence (0: raw).
     cadence_ms: Box<[u32]>,
     ring_slots: usize,
-    /// Bit w: worker w has subscribers to this topic.
-    interest: AtomicU64,
+    /// Per cadence, bit w: worker w has subscribers on that cadence (so a
+    /// worker with only coalesced subscribers is not woken per publish).
+    interest: Box<[AtomicU64]>,
     /// Bit w: this topic waits in worker w's inbox.
     queued: AtomicU64,
     pub subscribers: AtomicUsize,
@@ -184,7 +185,7 @@ impl Topic {
             rings: (0..n).map(|_| OnceLock::new()).collect(),
             cadence_ms: settings.cadences.clone().into_boxed_slice(),
             ring_slots: settings.replay,
-            interest: AtomicU64::new(0),
+            interest: (0..n).map(|_| AtomicU64::new(0)).collect(),
             queued: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
         };
@@ -215,10 +216,10 @@ impl Topic {
         (st.seq, st.table.len())
     }
 
-    /// Applies one update (k rows). Returns its sequence id, whether a raw
-    /// frame went into a ring (or a keyless frame was flushed early), and the
-    /// cadences that became dirty and must be queued for their next tick.
-    fn publish(&self, rows: Vec<Row>) -> (u64, bool, u32) {
+    /// Applies one update (k rows). Returns its sequence id, the cadences
+    /// whose rings got a frame (raw, or a keyless frame flushed early), and
+    /// the cadences that became dirty and must be queued for their next tick.
+    fn publish(&self, rows: Vec<Row>) -> (u64, u32, u32) {
         let rows: Rows = rows.into_iter().map(Arc::new).collect();
         let mut st = self.lock();
         let st = &mut *st;
@@ -281,7 +282,7 @@ impl Topic {
                 }
             }
         }
-        let mut pushed = false;
+        let mut pushed = 0u32;
         let mut newly_dirty = 0u32;
         let now_ms = unix_millis();
         for c in 0..st.cadences.len() {
@@ -297,9 +298,11 @@ impl Topic {
                     rows.iter().map(|r| &r.json),
                 );
                 self.push_frame(st, c, seq, now_ms, frame, rows.clone());
-                pushed = true;
+                pushed |= 1 << c;
             } else if st.cadences[c].pending_bytes > MAX_PENDING_BYTES {
-                pushed |= self.flush_locked(st, c, now_ms);
+                if self.flush_locked(st, c, now_ms) {
+                    pushed |= 1 << c;
+                }
             } else if st.cadences[c].is_dirty() && !st.cadences[c].queued {
                 st.cadences[c].queued = true;
                 newly_dirty |= 1 << c;
@@ -496,15 +499,15 @@ impl Topic {
 
     /// Marks worker `w` as interested. Callers then read the ring under
     /// `start`, whose lock orders this before any later publish's check.
-    pub fn add_interest(&self, w: usize) {
+    pub fn add_interest(&self, w: usize, c: usize) {
         // Relaxed suffices: the topic lock taken next (in `start`) is the
         // synchronisation point with publishers, who read `interest` after
         // releasing the same lock.
-        self.interest.fetch_or(1 << w, Ordering::Relaxed);
+        self.interest[c].fetch_or(1 << w, Ordering::Relaxed);
     }
 
-    pub fn remove_interest(&self, w: usize) {
-        self.interest.fetch_and(!(1 << w), Ordering::Relaxed);
+    pub fn remove_interest(&self, w: usize, c: usize) {
+        self.interest[c].fetch_and(!(1 << w), Ordering::Relaxed);
     }
 
     /// Called by worker `w` as it takes this topic from its inbox, before it
@@ -690,8 +693,8 @@ impl Hub {
             newly_dirty &= newly_dirty - 1;
             self.flush_queues[c].push(topic.clone());
         }
-        if pushed {
-            self.notify(topic);
+        if pushed != 0 {
+            self.notify(topic, pushed);
         }
         seq
     }
@@ -707,16 +710,25 @@ impl Hub {
             let Some(topic) = q.pop() else { break };
             if topic.flush(c, now_ms) {
                 built += 1;
-                self.notify(&topic);
+                self.notify(&topic, 1 << c);
             }
         }
         built
     }
 
-    fn notify(&self, topic: &Arc<Topic>) {
-        // Relaxed: `publish` released the topic lock just before, after any
-        // `add_interest` that preceded a `start` (see `add_interest`).
-        let mut mask = topic.interest.load(Ordering::Relaxed);
+    /// Queues `topic` in the inbox of every worker with subscribers on one
+    /// of `cadences` (a bit mask) and wakes each once.
+    fn notify(&self, topic: &Arc<Topic>, cadences: u32) {
+        // Relaxed: `publish`/`flush` released the topic lock just before,
+        // after any `add_interest` that preceded a `start` (see
+        // `add_interest`).
+        let mut mask = 0u64;
+        let mut cs = cadences;
+        while cs != 0 {
+            let c = cs.trailing_zeros() as usize;
+            cs &= cs - 1;
+            mask |= topic.interest[c].load(Ordering::Relaxed);
+        }
         while mask != 0 {
             let w = mask.trailing_zeros() as usize;
             mask &= mask - 1;

@@ -209,13 +209,18 @@ struct TopicGroups {
 }
 
 impl TopicGroups {
-    /// Drops closed members and emptied groups; true when none is left.
-    fn sweep(&mut self) -> bool {
+    /// Drops closed members and emptied groups (and worker `w`'s interest in
+    /// cadences left without any); true when none is left.
+    fn sweep(&mut self, w: usize) -> bool {
+        let topic = &self.topic;
         self.cadences.retain_mut(|cg| {
             cg.groups.retain_mut(|g| {
                 g.members.retain(|m| m.state.get() == SubState::Open);
                 !g.members.is_empty()
             });
+            if cg.groups.is_empty() {
+                topic.remove_interest(w, cg.cadence);
+            }
             !cg.groups.is_empty()
         });
         self.cadences.is_empty()
@@ -407,7 +412,7 @@ impl Worker {
         sub: &Rc<Subscriber>,
         last_id: Option<u64>,
     ) -> Start {
-        topic.add_interest(self.id);
+        topic.add_interest(self.id, cadence);
         loop {
             let (start, pos) = topic.start(cadence, filter.as_deref(), last_id);
             // Bring the cadence's cursor to `pos` so the new member sees
@@ -635,14 +640,7 @@ impl Worker {
     /// Drops closed members of idle groups, and groups left empty.
     fn sweep_groups(&self) {
         let id = self.id;
-        self.groups.borrow_mut().retain(|_, tg| {
-            if tg.sweep() {
-                tg.topic.remove_interest(id);
-                false
-            } else {
-                true
-            }
-        });
+        self.groups.borrow_mut().retain(|_, tg| !tg.sweep(id));
     }
 
     /// Takes the topics whose rings advanced from the inbox and fans out.
@@ -670,7 +668,9 @@ impl Worker {
                     now,
                 );
             }
-            tg.topic.remove_interest(self.id);
+            for cg in &tg.cadences {
+                tg.topic.remove_interest(self.id, cg.cadence);
+            }
         }
     }
 
@@ -772,6 +772,47 @@ mod tests {
                 assert!(f.contains(&format!("\nid: {id}\n")), "{f}");
             }
         }
+    }
+
+    #[test]
+    fn a_filter_group_shares_one_rejoined_frame_and_skips_empty_ones() {
+        let (w, hub) = worker("[[topics]]\npattern = \"f/*\"\nfilters = { books = \"book\" }");
+        let t = hub.topic("f/a").unwrap();
+        let filter = |csv: &str| {
+            Some(Rc::new(
+                Filter::new(vec![crate::hub::filter::Clause::parse(0, csv).unwrap()]).unwrap(),
+            ))
+        };
+        let subs: Vec<_> = (0..3)
+            .map(|_| Rc::new(Subscriber::new(0, 15, 0, None, true)))
+            .collect();
+        // two with the same filter (values in another order), one unfiltered
+        w.subscribe(&t, 0, filter("a,b"), &subs[0], None);
+        w.subscribe(&t, 0, filter("b,a"), &subs[1], None);
+        w.subscribe(&t, 0, None, &subs[2], None);
+        for s in &subs {
+            drain(s);
+        }
+        let row = |book: &str| Row {
+            json: Bytes::from(format!("{{\"book\":\"{book}\"}}")),
+            key: None,
+            fields: Box::new([Some(book.into())]),
+        };
+        hub.publish(&t, vec![row("a"), row("z")]);
+        hub.publish(&t, vec![row("z")]);
+        w.on_inbox();
+        let f0 = subs[0].queue.borrow()[0].clone();
+        let f1 = subs[1].queue.borrow()[0].clone();
+        assert!(Rc::ptr_eq(&f0, &f1), "one frame for the group");
+        assert_eq!(
+            subs[0].queue.borrow().len(),
+            1,
+            "the all-z update is not sent"
+        );
+        let text = std::str::from_utf8(&f0).unwrap();
+        assert!(text.contains("\"count\":1,"), "{text}");
+        assert!(text.ends_with("\"data\":[{\"book\":\"a\"}]}\n\n"), "{text}");
+        assert_eq!(subs[2].queue.borrow().len(), 2, "unfiltered: both updates");
     }
 
     #[test]
