@@ -88,6 +88,10 @@ topic = "feed/{package}"
 path = "/alerts/live"
 topic = "feed/main"
 match = { type = "alert.*" }
+
+[[routes]]
+path = "/{name}"
+topic = "feed/{name}"
 "#;
 
 fn start() -> Server {

@@ -410,6 +410,14 @@ struct Target {
 /// The stream a GET path names: the first `[[routes]]` template that
 /// matches, else `/v1/sse/{topic}`. `None`: not a stream path.
 fn stream_target(w: &Worker, req: &Request) -> Option<Result<Target, (u16, &'static str)>> {
+    // sluice's own endpoints are never shadowed by a route
+    let own = ["/healthz", "/metrics", "/v1/topics", "/v1/stream/token"];
+    if own.contains(&req.path.as_str())
+        || req.path.starts_with("/v1/snapshot/")
+        || req.path.starts_with("/v1/publish/")
+    {
+        return None;
+    }
     for r in &w.settings.routes {
         let Some(vars) = r.bind(&req.path) else {
             continue;
