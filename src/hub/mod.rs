@@ -290,14 +290,7 @@ impl Topic {
                 continue;
             }
             if self.cadence_ms[c] == 0 {
-                let frame = sse::update_frame(
-                    &self.event,
-                    &self.name,
-                    seq,
-                    now_ms,
-                    rows.iter().map(|r| &r.json),
-                );
-                self.push_frame(st, c, seq, now_ms, frame, rows.clone());
+                self.push_frame(st, c, seq, now_ms, rows.clone());
                 pushed |= 1 << c;
             } else if st.cadences[c].pending_bytes > MAX_PENDING_BYTES {
                 if self.flush_locked(st, c, now_ms) {
@@ -311,15 +304,16 @@ impl Topic {
         (seq, pushed, newly_dirty)
     }
 
-    fn push_frame(
-        &self,
-        st: &mut TopicState,
-        c: usize,
-        seq: u64,
-        ts_ms: u64,
-        frame: Bytes,
-        rows: Rows,
-    ) {
+    /// Encodes one frame of `rows` (once, for every subscriber of cadence
+    /// `c`) and appends it to the cadence's ring.
+    fn push_frame(&self, st: &mut TopicState, c: usize, seq: u64, ts_ms: u64, rows: Rows) {
+        let frame = sse::update_frame(
+            &self.event,
+            &self.name,
+            seq,
+            ts_ms,
+            rows.iter().map(|r| &r.json),
+        );
         let ring = self.rings[c].get().expect("an active cadence has a ring");
         ring.push(Entry {
             seq,
@@ -356,15 +350,7 @@ impl Topic {
         if rows.is_empty() {
             return false;
         }
-        let seq = st.seq;
-        let frame = sse::update_frame(
-            &self.event,
-            &self.name,
-            seq,
-            now_ms,
-            rows.iter().map(|r| &r.json),
-        );
-        self.push_frame(st, c, seq, now_ms, frame, rows);
+        self.push_frame(st, c, st.seq, now_ms, rows);
         true
     }
 
