@@ -427,6 +427,32 @@ fn max_connections_per_key_is_429_and_frees_when_a_stream_ends() {
     });
 }
 
+#[test]
+fn a_stream_ended_by_max_duration_frees_its_keys_slot() {
+    let s =
+        Server::start(&CONFIG.replace("heartbeat_s = 30", "heartbeat_s = 30\nmax_duration_s = 1"));
+    let mut held: Vec<SseClient> = (0..2)
+        .map(|_| {
+            let mut c = s.subscribe("/v1/sse/odds/dur", &key("k_capped"));
+            c.start();
+            c
+        })
+        .collect();
+    assert_eq!(
+        s.subscribe("/v1/sse/odds/dur", &key("k_capped")).status,
+        429
+    );
+    for c in held.iter_mut() {
+        let rest = c.rest();
+        assert_eq!(rest.last().map(|f| f.event()), Some("timeout"), "{rest:?}");
+    }
+    eventually("both slots freed by the timeouts", || {
+        let a = s.subscribe("/v1/sse/odds/dur", &key("k_capped"));
+        let b = s.subscribe("/v1/sse/odds/dur", &key("k_capped"));
+        a.status == 200 && b.status == 200
+    });
+}
+
 fn token(s: &Server, k: &str, body: &str) -> (u16, serde_json::Value) {
     let (st, _, resp) = s.request(
         "POST",
