@@ -18,6 +18,9 @@
 //!   timer wheel ([`server::worker`]), the vectored write batch
 //!   ([`server::iovec`]).
 //!
+//! * [`bench`]: `sluice bench`, the SSE load generator (its own runtime
+//!   threads; it shares nothing with the server but the crate).
+//!
 //! Hot modules (never allocate, lock or serialise per connection per event):
 //! `hub::ring`, `sse` (update frames), `server::worker` (fan-out),
 //! `server::conn` (write loop), `server::iovec`.
@@ -26,6 +29,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod hub;
 pub mod metrics;

@@ -33,16 +33,38 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        ["bench", ..] => {
-            eprintln!("sluice bench: the load generator is not in this build yet");
-            ExitCode::from(1)
-        }
+        ["bench", rest @ ..] => bench(rest),
         ["-h"] | ["--help"] | ["help"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
         _ => {
             eprintln!("{USAGE}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bench(args: &[&str]) -> ExitCode {
+    let args = match sluice::bench::Args::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let json = args.json;
+    match sluice::bench::run(args) {
+        Ok(summary) => {
+            if json {
+                println!("{}", summary.to_json());
+            } else {
+                print!("{}", summary.to_text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice bench: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -1,0 +1,134 @@
+//! `sluice bench` against a running sluice: it must count exactly what an
+//! independent SSE client counts, and see the gaps a test provokes.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn healthz_streams(s: &Server) -> u64 {
+    let (_, _, body) = s.request("GET", "/healthz", &[], b"");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["streams"].as_u64().unwrap_or(0)
+}
+
+/// Starts `sluice bench` with `args`; returns the child (stdout piped).
+fn bench(args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice bench")
+}
+
+fn summary(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("bench ran");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON summary")
+}
+
+#[test]
+fn bench_counts_what_an_independent_client_counts_and_sees_a_provoked_gap() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("", ""), driver);
+        let mut client = s.subscribe("/v1/sse/b/t", &[]);
+        client.start();
+        let url = format!("http://{}/v1/sse/b/t", s.addr);
+        let mut args = vec![
+            "--url",
+            url.as_str(),
+            "-c",
+            "3",
+            "-d",
+            "3s",
+            "--threads",
+            "2",
+        ];
+        if driver == Driver::Epoll {
+            args.extend(["--read-interval", "0"]);
+        }
+        let child = bench(&args);
+        eventually("the bench's 3 streams", || healthz_streams(&s) == 4);
+        // one-row updates carrying seq 1..=20, with 13 left out: one gap
+        let seqs: Vec<u64> = (1..=20).filter(|&n| n != 13).collect();
+        for n in &seqs {
+            s.publish("b/t", &format!(r#"{{"seq":{n},"v":"x"}}"#));
+        }
+        let mut mine = 2; // connected + initial_state
+        for n in &seqs {
+            let f = client.next_event().unwrap();
+            assert_eq!(f.json()["data"][0]["seq"], *n);
+            mine += 1;
+        }
+        let sum = summary(child);
+        assert_eq!(sum["established"], 3, "{sum}");
+        assert_eq!(sum["failed"], 0, "{sum}");
+        assert_eq!(sum["events"], 3 * mine, "{sum}");
+        assert_eq!(sum["gaps"], 3, "one gap on each stream: {sum}");
+        assert_eq!(sum["duplicates"], 0, "{sum}");
+        assert!(sum["cpu_s"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn bench_publishes_at_a_rate_and_measures_latency() {
+    let s = Server::start(&config("", ""));
+    let sub = format!("http://{}/v1/sse/b/lat", s.addr);
+    let publ = format!("http://{}/v1/publish/b/lat", s.addr);
+    let sum = summary(bench(&[
+        "--url",
+        &sub,
+        "-c",
+        "4",
+        "-d",
+        "2s",
+        "--publish",
+        &publ,
+        "--rate",
+        "50/s",
+        "--publish-key",
+        "pk_test",
+    ]));
+    let published = sum["published"].as_u64().unwrap();
+    assert!((90..=100).contains(&published), "{sum}");
+    assert_eq!(sum["publish_errors"], 0, "{sum}");
+    // every published row reached every stream, in order, once
+    assert_eq!(
+        sum["events"].as_u64().unwrap(),
+        4 * (2 + published),
+        "{sum}"
+    );
+    assert_eq!(sum["gaps"], 0, "{sum}");
+    assert_eq!(sum["duplicates"], 0, "{sum}");
+    // connection 0 is the latency probe: one sample per published row
+    assert_eq!(sum["lat_ms"]["count"].as_u64().unwrap(), published, "{sum}");
+    assert!(sum["lat_ms"]["p50"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_reports_refused_streams_and_bad_arguments() {
+    let s = Server::start(&config("", ""));
+    let url = format!("http://{}/v1/sse/nope%20topic", s.addr);
+    let sum = summary(bench(&["--url", &url, "-c", "2", "-d", "500ms"]));
+    assert_eq!(sum["failed"], 2, "{sum}");
+    assert_eq!(sum["fail_reasons"]["status 400"], 2, "{sum}");
+
+    for bad in [
+        vec!["--url", "http://10.1.2.3:80/x"],
+        vec!["--url", "http://127.0.0.1:1/", "-c", "0"],
+        vec!["-c", "1"],
+        vec!["--url", "http://127.0.0.1:1/", "--rate", "fast"],
+    ] {
+        let out = Command::new(BIN).arg("bench").args(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(!out.stderr.is_empty());
+    }
+}
