@@ -300,6 +300,10 @@ impl Args {
 /// Counters shared with the progress line (one set per thread, summed).
 #[derive(Default)]
 struct Live {
+    /// Connections that have had two events (`connected` and the initial
+    /// state on sluice), and when the last of them did (µs since start).
+    ready: AtomicU64,
+    all_ready_us: AtomicU64,
     established: AtomicU64,
     failed: AtomicU64,
     open: AtomicU64,
@@ -393,6 +397,7 @@ impl Pacer {
 
 /// One thread's shared context.
 struct Ctx {
+    t0: Instant,
     pacer: Pacer,
     args: Arc<Args>,
     live: Arc<Live>,
@@ -409,6 +414,9 @@ pub struct Summary {
     pub failed: u64,
     pub fail_reasons: Vec<(String, u64)>,
     pub open_at_end: u64,
+    /// Seconds from start until every connection had two events (`None`:
+    /// some never did).
+    pub all_ready_s: Option<f64>,
     pub events: u64,
     pub bytes: u64,
     pub window_s: f64,
@@ -443,7 +451,7 @@ impl Summary {
         format!(
             concat!(
                 "{{\"tool\":\"sluice-bench\",\"connections\":{},\"established\":{},\"failed\":{},",
-                "\"fail_reasons\":{{{}}},\"open_at_end\":{},\"events\":{},\"bytes\":{},\"window_s\":{:.3},",
+                "\"fail_reasons\":{{{}}},\"open_at_end\":{},\"all_ready_s\":{},\"events\":{},\"bytes\":{},\"window_s\":{:.3},",
                 "\"events_per_s\":{:.1},\"lat_ms\":{{\"count\":{},\"p50\":{:.3},\"p90\":{:.3},\"p99\":{:.3},",
                 "\"p999\":{:.3},\"max\":{:.3},\"mean\":{:.3}}},\"gaps\":{},\"duplicates\":{},\"reconnects\":{},",
                 "\"published\":{},\"publish_errors\":{},\"publish_late\":{},\"cpu_s\":{:.3},",
@@ -454,6 +462,8 @@ impl Summary {
             self.failed,
             reasons.join(","),
             self.open_at_end,
+            self.all_ready_s
+                .map_or("null".to_string(), |s| format!("{s:.3}")),
             self.events,
             self.bytes,
             self.window_s,
@@ -485,6 +495,11 @@ impl Summary {
         ));
         for (r, n) in &self.fail_reasons {
             s.push_str(&format!("  failed: {r} ×{n}\n"));
+        }
+        if let Some(t) = self.all_ready_s {
+            s.push_str(&format!(
+                "ready        every connection had its first two events after {t:.3} s\n"
+            ));
         }
         s.push_str(&format!(
             "events       {} in {:.1} s = {:.0}/s, {:.1} MB\n",
@@ -555,7 +570,7 @@ pub fn run(args: Args) -> anyhow::Result<Summary> {
                     if let Some(cpu) = cpu {
                         core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     }
-                    run_thread(t, args, live, stop, deadline, end)
+                    run_thread(t, args, live, stop, t0, deadline, end)
                 })
                 .context("cannot start a bench thread")?,
         );
@@ -617,6 +632,10 @@ pub fn run(args: Args) -> anyhow::Result<Summary> {
         failed: live.failed.load(Ordering::Relaxed),
         fail_reasons: hist.fail_reasons,
         open_at_end,
+        all_ready_s: match live.all_ready_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(us as f64 / 1e6),
+        },
         events,
         bytes: live.bytes.load(Ordering::Relaxed),
         window_s,
@@ -646,6 +665,7 @@ fn run_thread(
     args: Arc<Args>,
     live: Arc<Live>,
     stop: Arc<AtomicBool>,
+    t0: Instant,
     deadline: Instant,
     end: Instant,
 ) -> anyhow::Result<ThreadStats> {
@@ -655,6 +675,7 @@ fn run_thread(
         request_extra.push_str("\r\n");
     }
     let ctx = Rc::new(Ctx {
+        t0,
         pacer: Pacer::new(),
         args,
         live,
@@ -796,6 +817,7 @@ async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
     let mut scanner = Scanner::default();
     let mut buf = vec![0u8; READ_BYTES];
     let mut first = true;
+    let mut seen: u64 = 0;
     loop {
         if ctx.stop.load(Ordering::Acquire) {
             return;
@@ -919,6 +941,14 @@ async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
             });
             live.events.fetch_add(events, Ordering::Relaxed);
             live.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            if seen < 2 && seen + events >= 2 {
+                let ready = live.ready.fetch_add(1, Ordering::Relaxed) + 1;
+                if ready == ctx.args.connections as u64 {
+                    let us = ctx.t0.elapsed().as_micros() as u64;
+                    live.all_ready_us.store(us.max(1), Ordering::Relaxed);
+                }
+            }
+            seen += events;
         };
         on_bytes(&head[body_start..], &mut scanner);
         drop(head);
