@@ -3,8 +3,14 @@
 //! * `encode/*`: building one update frame of k pre-encoded rows
 //!   (`sse::update_frame`) versus re-serialising the rows with serde_json,
 //!   which is what "parse once, encode once" avoids.
-//! * `ring/*`: one push plus a read by each of 2 worker cursors
+//! * `filter/*`: the frame a filtered group sends for one 20-row update of
+//!   which half pass (`Topic::filtered_frame`: the rows' pre-encoded bytes
+//!   re-joined) versus parsing and re-serialising the rows with serde_json.
+//! * `ring/*`: one push plus a read by each of 4 worker cursors
 //!   (`hub::Ring`) versus a `Mutex<VecDeque>` broadcast log.
+//! * `coalesce/*`: 100 one-row updates over 10 keys followed by one tick of
+//!   a 1 s tier (dirty marking, then one frame of the 10 latest rows) versus
+//!   the same updates on the raw tier alone (one frame per update).
 //! * `publish/parse`: parsing a 20-row publish body into rows
 //!   (`sources::publish::parse_rows`, simd-json) versus serde_json.
 //!
@@ -16,7 +22,11 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::hub::{Entry, Read, Ring, Rows};
+use std::sync::Arc;
+
+use sluice::config::Settings;
+use sluice::hub::filter::Clause;
+use sluice::hub::{Entry, Filter, Hub, Read, Ring, Row, Rows};
 use sluice::sources::publish::parse_rows;
 use sluice::sse;
 
@@ -54,8 +64,8 @@ fn ring(c: &mut Criterion) {
     let frame = Bytes::from(row(0));
     let rows = Rows::default();
     let r = Ring::new(1024);
-    let mut cursors = [0u64; 2];
-    c.bench_function("ring/push_and_2_reads", |b| {
+    let mut cursors = [0u64; 4];
+    c.bench_function("ring/push_and_4_reads", |b| {
         b.iter(|| {
             r.push(Entry {
                 seq: 7,
@@ -73,7 +83,7 @@ fn ring(c: &mut Criterion) {
     });
     let log: Mutex<VecDeque<(u64, u64, Bytes)>> = Mutex::new(VecDeque::new());
     let mut pos = 0u64;
-    let mut cursors = [0u64; 2];
+    let mut cursors = [0u64; 4];
     c.bench_function("ring/baseline_mutex_deque", |b| {
         b.iter(|| {
             {
@@ -91,6 +101,81 @@ fn ring(c: &mut Criterion) {
                     black_box(e.2.clone());
                 }
                 *cur += 1;
+            }
+        })
+    });
+}
+
+fn hub(tiers: &str) -> Hub {
+    let s = Settings::from_toml(&format!(
+        "[server]\nworkers = 1\n[auth]\nanonymous_tier = \"raw\"\n{tiers}\n\
+         [[topics]]\npattern = \"*\"\nkey = [\"event_id\"]\nfilters = {{ books = \"bookmaker\" }}\n"
+    ))
+    .expect("bench config");
+    Hub::new(Arc::new(s))
+}
+
+fn odds_row(i: usize, book: &str) -> Row {
+    let json = row(i).replace("pinnacle", book);
+    Row {
+        json: Bytes::from(json),
+        key: Some(format!("nba-{i:03}").into()),
+        fields: Box::new([Some(book.into())]),
+    }
+}
+
+fn filter(c: &mut Criterion) {
+    let h = hub("[tiers.raw]\ncoalesce_ms = 0");
+    let t = h.topic("odds/nba").unwrap();
+    let rows: Vec<Row> = (0..20)
+        .map(|i| odds_row(i, if i % 2 == 0 { "pinnacle" } else { "novig" }))
+        .collect();
+    h.publish(&t, rows);
+    let Read::Frame(entry) = t.ring(0).unwrap().read(0) else {
+        panic!("a frame")
+    };
+    let f = Filter::new(vec![Clause::parse(0, "pinnacle").unwrap()]).unwrap();
+    c.bench_function("filter/rejoin_10_of_20_rows", |b| {
+        b.iter(|| t.filtered_frame(black_box(&entry), Some(&f)))
+    });
+    let json_rows: Vec<String> = entry
+        .rows
+        .iter()
+        .map(|r| String::from_utf8(r.json.to_vec()).unwrap())
+        .collect();
+    c.bench_function("filter/baseline_serde_10_of_20_rows", |b| {
+        b.iter(|| {
+            let kept: Vec<serde_json::Value> = black_box(&json_rows)
+                .iter()
+                .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap())
+                .filter(|v| v["bookmaker"] == "pinnacle")
+                .collect();
+            let v = serde_json::json!({"type":"update","topic":"odds/nba","count":kept.len(),"timestamp":2,"data":kept});
+            format!("event: update\nid: 1\ndata: {v}\n\n")
+        })
+    });
+}
+
+fn coalesce(c: &mut Criterion) {
+    let h = hub("[tiers.raw]\ncoalesce_ms = 0\n[tiers.one]\ncoalesce_ms = 1000");
+    let t = h.topic("odds/co").unwrap();
+    t.start(1, None, None); // the 1 s cadence is active
+    let mut now = 0u64;
+    c.bench_function("coalesce/100_updates_10_keys_then_tick", |b| {
+        b.iter(|| {
+            for i in 0..100 {
+                h.publish(&t, vec![odds_row(i % 10, "pinnacle")]);
+            }
+            now += 1000;
+            black_box(h.flush_cadence(1, now))
+        })
+    });
+    let raw = hub("[tiers.raw]\ncoalesce_ms = 0");
+    let t = raw.topic("odds/raw").unwrap();
+    c.bench_function("coalesce/baseline_100_updates_raw_only", |b| {
+        b.iter(|| {
+            for i in 0..100 {
+                raw.publish(&t, vec![odds_row(i % 10, "pinnacle")]);
             }
         })
     });
@@ -122,5 +207,5 @@ fn publish(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, encode, ring, publish);
+criterion_group!(benches, encode, filter, ring, coalesce, publish);
 criterion_main!(benches);

@@ -134,6 +134,8 @@ class Server:
 
 def bench(args, *opts, wait=True):
     cmd = ["taskset", "-c", args.load_cpu, SLUICE, "bench", "--threads", "1", "--json", *opts]
+    if args.read_interval is not None and "--read-interval" not in opts:
+        cmd += ["--read-interval", args.read_interval]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
         return p
@@ -296,6 +298,7 @@ def main():
     ap.add_argument("--server-cpu", default="0")
     ap.add_argument("--load-cpu", default="1")
     ap.add_argument("--port", type=int, default=8120)
+    ap.add_argument("--read-interval", default=None, help="passed to sluice bench (default: its own)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench-results", "loadtest.jsonl"))
     args = ap.parse_args()
     names = list(SCENARIOS) if "all" in args.scenarios else args.scenarios
