@@ -180,16 +180,23 @@ def idle(args):
 def fanout(args, c=None, rate=None):
     c = c or args.subscribers
     rate = rate or args.rate
+    n = args.topics
     s = Server(args)
     try:
         c0 = s.cpu()
-        b = bench(args, "--url", s.url("/v1/sse/fan"), "-c", str(c), "--ramp", "5000/s",
-                  "-d", f"{args.duration}s", "--publish", s.url("/v1/publish/fan"),
+        topics = ",".join(f"f{t}" for t in range(n))
+        b = bench(args, "--url", s.url("/v1/sse/fan/{topic}"), "--topics", topics, "-c", str(c),
+                  "--ramp", "5000/s", "-d", f"{args.duration}s",
+                  "--publish", s.url("/v1/publish/fan/{topic}"),
                   "--rate", f"{rate}/s", "--publish-key", "bench-pub")
         cpu = s.cpu() - c0
         updates = b["events"] - 2 * b["established"]
-        expected = b["established"] * b["published"]
-        return {"scenario": "fanout", "subscribers": c, "rate": rate, "duration_s": args.duration,
+        # connection i reads topic i % n; publish k goes to topic k % n
+        p = b["published"]
+        expected = sum((c // n + (1 if t < c % n else 0)) * (p // n + (1 if t < p % n else 0))
+                       for t in range(n))
+        return {"scenario": "fanout", "subscribers": c, "topics": n, "rate": rate,
+                "duration_s": args.duration,
                 "established": b["established"], "published": b["published"],
                 "delivered": updates, "expected": expected,
                 "delivered_ratio": round(updates / expected, 4) if expected else None,
@@ -293,7 +300,8 @@ def main():
     ap.add_argument("scenarios", nargs="+", help="|".join(SCENARIOS) + "|all")
     ap.add_argument("--connections", type=int, default=10000, help="idle and connect-storm")
     ap.add_argument("--subscribers", type=int, default=1000, help="fanout (tiers: all tiers together)")
-    ap.add_argument("--rate", type=int, default=200, help="updates per second")
+    ap.add_argument("--rate", type=int, default=200, help="updates per second (all topics together)")
+    ap.add_argument("--topics", type=int, default=1, help="fanout: subscribers and updates spread over N topics")
     ap.add_argument("--duration", type=int, default=20, help="seconds of publishing")
     ap.add_argument("--server-cpu", default="0")
     ap.add_argument("--load-cpu", default="1")

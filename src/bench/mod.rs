@@ -69,7 +69,8 @@ pub const USAGE: &str = "usage: sluice bench --url URL [options]
   --source-ips A-B          bind client sockets to 127.0.0.x addresses A..B (e.g. 127.0.0.1-127.0.0.20)
                             so that more than ~28,000 connections do not run out of ephemeral ports
   --publish URL             also POST rows to URL at --rate, each carrying ts_ns and seq,
-                            from the moment every connection is up until the end
+                            from the moment every connection is up until the end; with
+                            --topics, a {topic} in URL makes the publishes go to each topic in turn
   --rate R/s                publish rate (default 10/s)
   --publish-key K           X-API-Key for --publish
   --threads N               runtime threads (default: one per CPU this process may run on)
@@ -90,7 +91,8 @@ pub struct Args {
     pub ramp_per_s: Option<f64>,
     pub headers: Vec<String>,
     pub source_ips: Vec<Ipv4Addr>,
-    pub publish: Option<Url>,
+    /// Publish URLs, used in turn (one per topic with `--topics`).
+    pub publish: Vec<Url>,
     pub rate: f64,
     pub publish_key: Option<String>,
     pub threads: usize,
@@ -206,6 +208,7 @@ fn allowed_cpus() -> Vec<usize> {
 impl Args {
     pub fn parse(args: &[&str]) -> anyhow::Result<Args> {
         let mut urls = Vec::new();
+        let mut publish: Option<String> = None;
         let mut topics: Option<Vec<String>> = None;
         let mut a = Args {
             urls: Vec::new(),
@@ -214,7 +217,7 @@ impl Args {
             ramp_per_s: None,
             headers: Vec::new(),
             source_ips: Vec::new(),
-            publish: None,
+            publish: Vec::new(),
             rate: 10.0,
             publish_key: None,
             threads: 0,
@@ -255,7 +258,7 @@ impl Args {
                     a.headers.push(h.to_string());
                 }
                 "--source-ips" => a.source_ips = parse_ip_range(val()?)?,
-                "--publish" => a.publish = Some(Url::parse(val()?)?),
+                "--publish" => publish = Some(val()?.to_string()),
                 "--rate" => a.rate = parse_rate(val()?)?,
                 "--publish-key" => a.publish_key = Some(val()?.to_string()),
                 "--threads" => {
@@ -288,6 +291,16 @@ impl Args {
                     }
                 }
                 _ => a.urls.push(Url::parse(u)?),
+            }
+        }
+        if let Some(p) = publish {
+            match &topics {
+                Some(ts) if p.contains("{topic}") => {
+                    for t in ts {
+                        a.publish.push(Url::parse(&p.replace("{topic}", t))?);
+                    }
+                }
+                _ => a.publish.push(Url::parse(&p)?),
             }
         }
         if a.threads == 0 {
@@ -714,10 +727,8 @@ fn run_thread(
 /// runs the publisher on thread 0 until `deadline`, and returns at `end`.
 async fn thread_main(t: usize, ctx: Rc<Ctx>, deadline: Instant, end: Instant) {
     let a = &ctx.args;
-    if t == 0
-        && let Some(url) = a.publish.clone()
-    {
-        monoio::spawn(publish_loop(ctx.clone(), url, deadline));
+    if t == 0 && !a.publish.is_empty() {
+        monoio::spawn(publish_loop(ctx.clone(), deadline));
     }
     if !a.read_interval.is_zero() {
         let ctx = ctx.clone();
@@ -980,7 +991,7 @@ async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
 
 /// Publishes `rate` rows per second (one request at a time on a keep-alive
 /// connection), each `{"ts_ns":…,"seq":…}` plus padding to a typical row.
-async fn publish_loop(ctx: Rc<Ctx>, url: Url, deadline: Instant) {
+async fn publish_loop(ctx: Rc<Ctx>, deadline: Instant) {
     // Publish once every stream is up (or has failed), so that each one
     // sees every published row.
     let live = &ctx.live;
@@ -1012,12 +1023,17 @@ async fn publish_loop(ctx: Rc<Ctx>, url: Url, deadline: Instant) {
         } else if now - due > Duration::from_millis(1) {
             ctx.stats.borrow_mut().publish_late += 1;
         }
+        // Publishes go to each URL in turn; `seq` counts per URL (topic),
+        // so that every stream sees 1, 2, 3, … and gaps are real.
+        let n = ctx.args.publish.len() as u64;
+        let url = &ctx.args.publish[(seq % n) as usize];
+        let topic_seq = seq / n + 1;
         seq += 1;
         let body = format!(
-            "{{\"ts_ns\":{},\"seq\":{seq},\"type\":\"bench\",\"event_id\":\"ev-{:05}\",\"market\":\"match_winner\",\"book\":\"bench\",\"price\":{}}}",
+            "{{\"ts_ns\":{},\"seq\":{topic_seq},\"type\":\"bench\",\"event_id\":\"ev-{:05}\",\"market\":\"match_winner\",\"book\":\"bench\",\"price\":{}}}",
             now_ns(),
-            seq % 1000,
-            100 + seq % 400
+            topic_seq % 1000,
+            100 + topic_seq % 400
         );
         let req = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{key}\r\n{body}",
