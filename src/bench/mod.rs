@@ -50,7 +50,7 @@ const READ_BYTES: usize = 16 * 1024;
 /// Longest response head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Default `--read-interval`, in ms.
-pub const DEFAULT_READ_INTERVAL_MS: u64 = 50;
+pub const DEFAULT_READ_INTERVAL_MS: u64 = 200;
 /// Every PROBE_EVERY-th connection is a latency probe: it reads as soon as
 /// data arrives (never paced) and only probes feed the latency histogram,
 /// so pacing the others does not distort latency.
@@ -74,7 +74,7 @@ pub const USAGE: &str = "usage: sluice bench --url URL [options]
   --rate R/s                publish rate (default 10/s)
   --publish-key K           X-API-Key for --publish
   --threads N               runtime threads (default: one per CPU this process may run on)
-  --read-interval 50ms      least time between two reads of one connection (default 50ms, 0: none).
+  --read-interval 200ms     least time between two reads of one connection (default 200ms, 0: none).
                             Events that arrive meanwhile are read together, which saves the
                             reads and window-update ACKs that dominate a reader's CPU. Every
                             50th connection is a latency probe that is never paced; latency
