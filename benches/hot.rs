@@ -36,6 +36,9 @@ fn row(i: usize) -> String {
     )
 }
 
+/// One update frame of 4 pre-encoded rows (`sse::update_frame`: envelope and
+/// SSE framing around the rows' bytes), against building the same frame with
+/// serde_json from parsed rows.
 fn encode(c: &mut Criterion) {
     let rows: Vec<Bytes> = (0..4).map(|i| Bytes::from(row(i))).collect();
     let values: Vec<serde_json::Value> = (0..4)
@@ -60,6 +63,8 @@ fn encode(c: &mut Criterion) {
     });
 }
 
+/// One push into a topic's ring and one read by each of 4 worker cursors
+/// (`hub::Ring`, a lock per slot), against a `Mutex<VecDeque>` log.
 fn ring(c: &mut Criterion) {
     let frame = Bytes::from(row(0));
     let rows = Rows::default();
@@ -124,6 +129,10 @@ fn odds_row(i: usize, book: &str) -> Row {
     }
 }
 
+/// The frame one filtered group sends for a 20-row ring entry of which 10
+/// rows pass (`Topic::filtered_frame`: rows tested on their kept field
+/// values, passing rows' bytes re-joined), against parsing, testing and
+/// re-serialising the rows with serde_json.
 fn filter(c: &mut Criterion) {
     let h = hub("[tiers.raw]\ncoalesce_ms = 0");
     let t = h.topic("odds/nba").unwrap();
@@ -156,6 +165,10 @@ fn filter(c: &mut Criterion) {
     });
 }
 
+/// 100 one-row publishes over 10 keys with the raw and a 1 s cadence active,
+/// then the 1 s tick (`Hub::flush_cadence`: the 10 latest rows, one frame),
+/// against the same publishes with only the raw cadence: the difference is
+/// what coalescing adds (dirty marking and one tick) per 100 updates.
 fn coalesce(c: &mut Criterion) {
     let h = hub("[tiers.raw]\ncoalesce_ms = 0\n[tiers.one]\ncoalesce_ms = 1000");
     let t = h.topic("odds/co").unwrap();
@@ -181,6 +194,8 @@ fn coalesce(c: &mut Criterion) {
     });
 }
 
+/// Parsing a 20-row JSON array publish body into rows with their keys
+/// (`sources::publish::parse_rows`, simd-json), against serde_json.
 fn publish(c: &mut Criterion) {
     let body = format!("[{}]", (0..20).map(row).collect::<Vec<_>>().join(","));
     let key: Vec<String> = ["event_id", "bookmaker", "market", "outcome"]

@@ -132,3 +132,57 @@ fn bench_reports_refused_streams_and_bad_arguments() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+/// Client addresses of established TCP connections to `port`, from
+/// /proc/net/tcp (hex `0100007F:PORT` is 127.0.0.1).
+fn client_addrs_to(port: u16) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (local, remote, state) = (f.get(1)?, f.get(2)?, f.get(3)?);
+            let rport = u16::from_str_radix(remote.split(':').nth(1)?, 16).ok()?;
+            if rport != port || *state != "01" {
+                return None;
+            }
+            let ip = u32::from_str_radix(local.split(':').next()?, 16).ok()?;
+            Some(std::net::Ipv4Addr::from(ip.swap_bytes()).to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn bench_spreads_connections_over_source_addresses() {
+    let s = Server::start(&config("", ""));
+    let url = format!("http://{}/v1/sse/b/src", s.addr);
+    let child = bench(&[
+        "--url",
+        &url,
+        "-c",
+        "6",
+        "-d",
+        "2s",
+        "--source-ips",
+        "127.0.0.2-127.0.0.4",
+    ]);
+    let mut seen = Vec::new();
+    eventually("6 streams from 3 source addresses", || {
+        seen = client_addrs_to(s.addr.port());
+        seen.len() == 6
+    });
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "127.0.0.2",
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.3",
+            "127.0.0.4",
+            "127.0.0.4"
+        ]
+    );
+    let sum = summary(child);
+    assert_eq!(sum["established"], 6, "{sum}");
+}
