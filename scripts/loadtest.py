@@ -29,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLUICE = os.path.join(REPO, "target", "release", "sluice")
 HARNESS = os.environ.get("BENCH_WORK", "/tmp/sluice-peerbench")
 
+# Shared with scripts/tier-bench.py. `{key}`: the row key of keyed/* topics.
 CONFIG = """
 [server]
 listen = "127.0.0.1:{port}"
@@ -69,7 +70,7 @@ role = "publisher"
 
 [[topics]]
 pattern = "keyed/*"
-key = ["event_id"]
+key = [{key}]
 
 [[topics]]
 pattern = "*"
@@ -97,7 +98,7 @@ class Server:
         self.dir = tempfile.mkdtemp(prefix="sluice-loadtest-")
         cfg = os.path.join(self.dir, "sluice.toml")
         with open(cfg, "w") as f:
-            f.write(CONFIG.format(port=self.port))
+            f.write(CONFIG.format(port=self.port, key='"event_id"'))
         self.proc = subprocess.Popen(
             ["taskset", "-c", args.server_cpu, SLUICE, "serve", "--config", cfg],
             stdout=subprocess.DEVNULL,

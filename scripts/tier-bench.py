@@ -39,62 +39,8 @@ PORT = 8111
 SERVER_CPU, LOAD_CPU = "0", "1"
 KEYS = {"scale": "k_scale", "enterprise": "k_enterprise", "business": "k_business"}
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-max_connections = 200000
-heartbeat_s = 30
-max_duration_s = 0
-max_events = 0
-
-[auth]
-required = true
-
-[tiers.scale]
-coalesce_ms = 0
-[tiers.enterprise]
-coalesce_ms = 500
-[tiers.business]
-coalesce_ms = 1000
-
-[[keys]]
-name = "scale"
-key = "k_scale"
-tier = "scale"
-[[keys]]
-name = "enterprise"
-key = "k_enterprise"
-tier = "enterprise"
-[[keys]]
-name = "business"
-key = "k_business"
-tier = "business"
-[[keys]]
-name = "publisher"
-key = "bench-pub"
-tier = "scale"
-role = "publisher"
-
-[[topics]]
-pattern = "bench/*"
-key = [{key}]
-"""
-
-
-def cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loadtest import CONFIG, proc_cpu_s as cpu_s, proc_rss_kib as rss_kib  # noqa: E402
 
 
 def wait_tcp(port, timeout=10):
@@ -131,7 +77,7 @@ def publish_rows(port, rate, duration, keys):
             '{"id":"2","odds":2.45}],"upd_ms":%d,"src":"feed-a"}'
             % (ts, seq, seq % keys, 1 + seq % 3, seq % 100, ts // 1_000_000)
         )
-        conn.request("POST", "/v1/publish/bench/t", body, {"X-API-Key": "bench-pub"})
+        conn.request("POST", "/v1/publish/keyed/t", body, {"X-API-Key": "bench-pub"})
         r = conn.getresponse()
         r.read()
         if r.status != 202:
@@ -162,7 +108,7 @@ def run(args):
     try:
         wait_tcp(PORT)
         rss0 = rss_kib(server.pid)
-        url = f"http://127.0.0.1:{PORT}/v1/sse/bench/t"
+        url = f"http://127.0.0.1:{PORT}/v1/sse/keyed/t"
         for name, n in tiers:
             ready = os.path.join(tmp, f"{name}.ready")
             p = subprocess.Popen(
@@ -189,7 +135,7 @@ def run(args):
         else:
             pub = subprocess.run(
                 ["taskset", "-c", LOAD_CPU, os.path.join(BIN, "ssepub"), "--url",
-                 f"http://127.0.0.1:{PORT}/v1/publish/bench/t", "--rate", str(args.rate),
+                 f"http://127.0.0.1:{PORT}/v1/publish/keyed/t", "--rate", str(args.rate),
                  "--duration", str(args.duration), "--template", "{{json}}",
                  "--header", "X-API-Key: bench-pub"],
                 capture_output=True, text=True,
