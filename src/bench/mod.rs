@@ -49,6 +49,9 @@ use scan::{Event, Scanner};
 const READ_BYTES: usize = 16 * 1024;
 /// Longest response head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Above this many connections and without `--source-ips`, connections are
+/// spread over 127.0.0.1, 127.0.0.2, … (one address per this many).
+pub const CONNECTIONS_PER_SOURCE_IP: usize = 25_000;
 /// Default `--read-interval`, in ms.
 pub const DEFAULT_READ_INTERVAL_MS: u64 = 200;
 /// Every PROBE_EVERY-th connection is a latency probe: it reads as soon as
@@ -68,6 +71,7 @@ pub const USAGE: &str = "usage: sluice bench --url URL [options]
   -H, --header 'K: V'       extra request header (repeatable)
   --source-ips A-B          bind client sockets to 127.0.0.x addresses A..B (e.g. 127.0.0.1-127.0.0.20)
                             so that more than ~28,000 connections do not run out of ephemeral ports
+                            (default above 25,000 connections: one address per 25,000)
   --publish URL             also POST rows to URL at --rate, each carrying ts_ns and seq,
                             from the moment every connection is up until the end; with
                             --topics, a {topic} in URL makes the publishes go to each topic in turn
@@ -302,6 +306,14 @@ impl Args {
                 }
                 _ => a.publish.push(Url::parse(&p)?),
             }
+        }
+        if a.source_ips.is_empty() && a.connections > CONNECTIONS_PER_SOURCE_IP {
+            // One loopback source address per 25,000 connections: each gets
+            // its own ephemeral port range (~28,000 ports by default).
+            let k = a.connections.div_ceil(CONNECTIONS_PER_SOURCE_IP) as u32;
+            a.source_ips = (1..=k)
+                .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::LOCALHOST) - 1 + i))
+                .collect();
         }
         if a.threads == 0 {
             a.threads = allowed_cpus().len().min(a.connections).max(1);
@@ -1104,6 +1116,15 @@ mod tests {
         assert_eq!(parse_rate("500/s").unwrap(), 500.0);
         assert_eq!(parse_ip_range("127.0.0.1-127.0.0.3").unwrap().len(), 3);
         assert!(parse_ip_range("127.0.0.1-10.0.0.1").is_err());
+    }
+
+    #[test]
+    fn many_connections_spread_over_source_addresses() {
+        let a = Args::parse(&["--url", "http://127.0.0.1:1/", "-c", "60000"]).unwrap();
+        let ips: Vec<String> = a.source_ips.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+        let a = Args::parse(&["--url", "http://127.0.0.1:1/", "-c", "25000"]).unwrap();
+        assert!(a.source_ips.is_empty());
     }
 
     #[test]
