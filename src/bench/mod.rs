@@ -43,7 +43,7 @@ use hdrhistogram::Histogram;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use scan::{Event, Scanner};
+use scan::{ChunkDecoder, Chunked, Event, Scanner};
 
 /// Read buffer per connection.
 const READ_BYTES: usize = 16 * 1024;
@@ -904,12 +904,15 @@ async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
             .and_then(|s| std::str::from_utf8(s).ok())
             .and_then(|s| s.parse::<u16>().ok());
         let ok = body_start.is_some() && status == Some(200);
-        let chunked =
-            memchr::memmem::find(&head.to_ascii_lowercase(), b"transfer-encoding: chunked")
-                .is_some();
-        if !ok || chunked {
+        let chunked = body_start.is_some_and(|end| {
+            memchr::memmem::find(
+                &head[..end].to_ascii_lowercase(),
+                b"transfer-encoding: chunked",
+            )
+            .is_some()
+        });
+        if !ok {
             let reason = match (body_start, status) {
-                _ if chunked => "chunked SSE bodies are not supported".to_string(),
                 (None, _) => "no response head".to_string(),
                 (_, Some(s)) => format!("status {s}"),
                 (_, None) => "bad status line".to_string(),
@@ -973,15 +976,26 @@ async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
             }
             seen += events;
         };
-        on_bytes(&head[body_start..], &mut scanner);
+        // The body, de-chunked when the server streams chunked.
+        let mut dechunk = chunked.then(ChunkDecoder::default);
+        let mut body = |data: &[u8], scanner: &mut Scanner| -> bool {
+            match dechunk.as_mut() {
+                None => {
+                    on_bytes(data, scanner);
+                    true
+                }
+                Some(d) => d.feed(data, |p| on_bytes(p, scanner)) == Chunked::More,
+            }
+        };
+        let mut open = body(&head[body_start..], &mut scanner);
         drop(head);
         let paced = !probe && !ctx.args.read_interval.is_zero();
-        loop {
+        while open {
             let (res, b) = stream.read(buf).await;
             buf = b;
             let full = match res {
                 Ok(n) if n > 0 => {
-                    on_bytes(&buf[..n], &mut scanner);
+                    open = body(&buf[..n], &mut scanner);
                     n == buf.capacity()
                 }
                 _ => break,

@@ -146,9 +146,130 @@ fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     parse_u64(&hay[at..at + digits])
 }
 
+/// Decodes an HTTP/1.1 chunked body as it arrives (SSE servers built on
+/// hyper and others stream this way), handing the payload on.
+#[derive(Default)]
+pub struct ChunkDecoder {
+    state: ChunkState,
+    size: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    End,
+}
+
+/// What the body did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    More,
+    /// The last chunk came: the response is over.
+    End,
+    /// Not chunked encoding.
+    Malformed,
+}
+
+impl ChunkDecoder {
+    pub fn feed(&mut self, mut input: &[u8], mut payload: impl FnMut(&[u8])) -> Chunked {
+        use ChunkState::*;
+        while !input.is_empty() {
+            let b = input[0];
+            match self.state {
+                Size => match (b as char).to_digit(16) {
+                    Some(d) => {
+                        if self.size > (u64::MAX >> 4) {
+                            return Chunked::Malformed;
+                        }
+                        self.size = self.size << 4 | u64::from(d);
+                    }
+                    None if b == b';' || b == b' ' || b == b'\t' => self.state = Extension,
+                    None if b == b'\r' => self.state = SizeLf,
+                    None if b == b'\n' => self.state = self.after_size(),
+                    None => return Chunked::Malformed,
+                },
+                Extension => {
+                    if b == b'\r' {
+                        self.state = SizeLf;
+                    } else if b == b'\n' {
+                        self.state = self.after_size();
+                    }
+                }
+                SizeLf => {
+                    if b != b'\n' {
+                        return Chunked::Malformed;
+                    }
+                    self.state = self.after_size();
+                }
+                Data => {
+                    let n = (self.size as usize).min(input.len());
+                    payload(&input[..n]);
+                    self.size -= n as u64;
+                    if self.size == 0 {
+                        self.state = DataCr;
+                    }
+                    input = &input[n..];
+                    continue;
+                }
+                DataCr => match b {
+                    b'\r' => self.state = DataLf,
+                    b'\n' => self.state = Size,
+                    _ => return Chunked::Malformed,
+                },
+                DataLf => {
+                    if b != b'\n' {
+                        return Chunked::Malformed;
+                    }
+                    self.state = Size;
+                }
+                End => return Chunked::End,
+            }
+            input = &input[1..];
+        }
+        if self.state == End {
+            Chunked::End
+        } else {
+            Chunked::More
+        }
+    }
+
+    fn after_size(&mut self) -> ChunkState {
+        if self.size == 0 {
+            ChunkState::End
+        } else {
+            ChunkState::Data
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_bodies_in_any_split() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\nA\r\n0123456789\r\n0\r\n\r\n";
+        for piece in [1, 2, 3, 5, 100] {
+            let mut d = ChunkDecoder::default();
+            let mut out = Vec::new();
+            let mut last = Chunked::More;
+            for c in body.chunks(piece) {
+                last = d.feed(c, |p| out.extend_from_slice(p));
+            }
+            assert_eq!(out, b"hello, world0123456789", "piece {piece}");
+            assert_eq!(last, Chunked::End);
+        }
+        let mut d = ChunkDecoder::default();
+        assert_eq!(d.feed(b"zz\r\n", |_| {}), Chunked::Malformed);
+        let mut d = ChunkDecoder::default();
+        assert_eq!(d.feed(b"3\r\nabcX", |_| {}), Chunked::Malformed);
+    }
 
     fn scan_in_pieces(input: &[u8], piece: usize) -> Vec<Event> {
         let mut s = Scanner::default();
