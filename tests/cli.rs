@@ -65,6 +65,21 @@ fn bad_configs_exit_1_with_line_and_column() {
             "line 2, column 8",
             "unknown source kind",
         ),
+        (
+            "[[topics]]\npattern = \"*\"\n[[routes]]\npath = \"/x/{a\"\ntopic = \"t/{a}\"\n",
+            "line 4, column 8",
+            "whole-segment {variables}",
+        ),
+        (
+            "[server]\nworkers = 1\n[tiers.fast]\ncoalesce_ms = 5\n",
+            "line 3, column 1",
+            "tiers.fast.coalesce_ms",
+        ),
+        (
+            "[auth]\nrequired = false\nanonymous_tier = \"gold\"\n",
+            "line 3, column 18",
+            "auth.anonymous_tier: unknown tier 'gold'",
+        ),
     ];
     for (src, pos, what) in cases {
         let p = temp_path("bad.toml");
