@@ -46,6 +46,10 @@ fn main() -> ExitCode {
 }
 
 fn bench(args: &[&str]) -> ExitCode {
+    if args.iter().any(|a| *a == "-h" || *a == "--help") {
+        println!("{}", sluice::bench::USAGE);
+        return ExitCode::SUCCESS;
+    }
     let args = match sluice::bench::Args::parse(args) {
         Ok(a) => a,
         Err(e) => {
