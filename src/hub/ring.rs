@@ -60,14 +60,26 @@ pub enum Read {
 }
 
 pub struct Ring {
-    slots: Box<[Mutex<Slot>]>,
+    /// Made with the first push: a topic that is subscribed to but never
+    /// published holds no slots (a client naming topics at random cannot
+    /// make the node allocate a replay window for each).
+    slots: std::sync::OnceLock<Box<[Mutex<Slot>]>>,
+    capacity: usize,
     /// Number of frames ever pushed (the next position to write).
     tail: CachePadded<AtomicU64>,
 }
 
 impl Ring {
     pub fn new(slots: usize) -> Ring {
-        let slots = (0..slots.max(1))
+        Ring {
+            slots: std::sync::OnceLock::new(),
+            capacity: slots.max(1),
+            tail: CachePadded::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn make_slots(&self) -> Box<[Mutex<Slot>]> {
+        (0..self.capacity)
             .map(|_| {
                 Mutex::new(Slot {
                     pos: u64::MAX,
@@ -79,15 +91,11 @@ impl Ring {
                     },
                 })
             })
-            .collect();
-        Ring {
-            slots,
-            tail: CachePadded::new(AtomicU64::new(0)),
-        }
+            .collect()
     }
 
     pub fn capacity(&self) -> u64 {
-        self.slots.len() as u64
+        self.capacity as u64
     }
 
     /// The next position to be written; every position below it is readable
@@ -102,6 +110,7 @@ impl Ring {
     pub fn push(&self, entry: Entry) {
         // Relaxed: only the single writer (holding the topic lock) stores tail.
         let pos = self.tail.load(Ordering::Relaxed);
+        self.slots.get_or_init(|| self.make_slots());
         {
             let mut slot = self.lock(pos);
             slot.pos = pos;
@@ -151,11 +160,16 @@ impl Ring {
         None
     }
 
+    /// Only for positions below the tail: the first push made the slots.
     fn lock(&self, pos: u64) -> std::sync::MutexGuard<'_, Slot> {
         let i = (pos % self.capacity()) as usize;
+        let slots = self
+            .slots
+            .get()
+            .expect("positions below the tail exist only after a push made the slots");
         // A poisoned slot only means a reader panicked while cloning a Bytes;
         // the slot's data is still whole.
-        self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
+        slots[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -184,6 +198,16 @@ mod tests {
         assert_eq!(r.read(2), Read::Frame(entry(102, 2)));
         assert_eq!(r.read(5), Read::Frame(entry(105, 5)));
         assert_eq!(r.read(6), Read::Empty);
+    }
+
+    #[test]
+    fn an_unpublished_ring_holds_no_slots() {
+        let r = Ring::new(1024);
+        assert!(r.slots.get().is_none());
+        assert_eq!(r.read(0), Read::Empty);
+        assert_eq!(r.find(1), None);
+        r.push(entry(1, 1));
+        assert_eq!(r.slots.get().map(|s| s.len()), Some(1024));
     }
 
     #[test]
