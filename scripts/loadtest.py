@@ -93,12 +93,15 @@ def proc_rss_kib(pid):
 
 
 class Server:
-    def __init__(self, args):
+    """sluice with CONFIG (keyed/* topics keyed by `key`), pinned to
+    args.server_cpu, listening on args.port."""
+
+    def __init__(self, args, key='"event_id"'):
         self.port = args.port
         self.dir = tempfile.mkdtemp(prefix="sluice-loadtest-")
         cfg = os.path.join(self.dir, "sluice.toml")
         with open(cfg, "w") as f:
-            f.write(CONFIG.format(port=self.port, key='"event_id"'))
+            f.write(CONFIG.format(port=self.port, key=key))
         self.proc = subprocess.Popen(
             ["taskset", "-c", args.server_cpu, SLUICE, "serve", "--config", cfg],
             stdout=subprocess.DEVNULL,

@@ -40,20 +40,7 @@ SERVER_CPU, LOAD_CPU = "0", "1"
 KEYS = {"scale": "k_scale", "enterprise": "k_enterprise", "business": "k_business"}
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loadtest import CONFIG, proc_cpu_s as cpu_s, proc_rss_kib as rss_kib  # noqa: E402
-
-
-def wait_tcp(port, timeout=10):
-    import socket
-
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("sluice did not listen")
+from loadtest import Server  # noqa: E402
 
 
 def publish_rows(port, rate, duration, keys):
@@ -94,20 +81,10 @@ def run(args):
         tiers.append((name, int(n)))
     key = '"book"' if args.shape == "ticker" else '"event_id"'
     tmp = tempfile.mkdtemp(prefix="sluice-tierbench-")
-    cfg = os.path.join(tmp, "sluice.toml")
-    with open(cfg, "w") as f:
-        f.write(CONFIG.format(port=PORT, key=key))
-    sluice = os.path.join(REPO, "target", "release", "sluice")
-    server = subprocess.Popen(
-        ["taskset", "-c", SERVER_CPU, sluice, "serve", "--config", cfg],
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.path.join(tmp, "sluice.log"), "w"),
-        env={**os.environ, "SLUICE_LOG": "warn"},
-    )
+    server = Server(argparse.Namespace(port=PORT, server_cpu=SERVER_CPU), key=key)
     benches = []
     try:
-        wait_tcp(PORT)
-        rss0 = rss_kib(server.pid)
+        rss0 = server.rss()
         url = f"http://127.0.0.1:{PORT}/v1/sse/keyed/t"
         for name, n in tiers:
             ready = os.path.join(tmp, f"{name}.ready")
@@ -128,7 +105,7 @@ def run(args):
             p.send_signal(signal.SIGUSR1)  # end the ramp phase
         for _, _, p, _ in benches:
             p.stdout.readline()
-        c0, t0 = cpu_s(server.pid), time.time()
+        c0, t0 = server.cpu(), time.time()
         if args.keys:
             os.sched_setaffinity(0, {int(LOAD_CPU)})
             publish_rows(PORT, args.rate, args.duration, args.keys)
@@ -143,8 +120,8 @@ def run(args):
             if pub.returncode != 0:
                 raise RuntimeError(f"ssepub failed: {pub.stderr[-400:]}")
         time.sleep(1.2)  # the last coalesced frames (one 1 s tick) arrive
-        c1, t1 = cpu_s(server.pid), time.time()
-        rss1 = rss_kib(server.pid)
+        c1, t1 = server.cpu(), time.time()
+        rss1 = server.rss()
         out = []
         total_frames = 0
         for name, n, p, _ in benches:
@@ -185,11 +162,7 @@ def run(args):
     finally:
         for _, _, p, _ in benches:
             p.terminate()
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
 
 
 def main():
