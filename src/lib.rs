@@ -31,6 +31,7 @@
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod fault;
 pub mod hub;
 pub mod metrics;
 pub mod server;

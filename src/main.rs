@@ -79,7 +79,23 @@ fn load(file: &str) -> Result<Settings, String> {
     Settings::from_toml(&src).map_err(|e| format!("{file}: {e}"))
 }
 
+/// A panic anywhere in the server is a bug that may have left a worker's
+/// listener or the coalescer dead: log it with the thread's name and exit
+/// non-zero at once, so that systemd (`Restart=on-failure`) restarts the
+/// service instead of a half-dead process answering health checks.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        tracing::error!(thread = name, "thread {name} panicked: {info}; exiting");
+        default(info);
+        std::process::exit(101);
+    }));
+}
+
 fn serve(config: Option<&str>) -> ExitCode {
+    exit_on_panic();
     let settings = match config {
         Some(file) => load(file),
         None => Settings::from_toml(DEMO_CONFIG).map_err(|e| format!("built-in demo config: {e}")),

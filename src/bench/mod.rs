@@ -43,7 +43,9 @@ use hdrhistogram::Histogram;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use scan::{ChunkDecoder, Chunked, Event, Scanner};
+use scan::{Event, Scanner};
+
+use crate::server::chunked::{ChunkedDecoder, Progress};
 
 /// Read buffer per connection.
 const READ_BYTES: usize = 16 * 1024;
@@ -977,14 +979,14 @@ async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
             seen += events;
         };
         // The body, de-chunked when the server streams chunked.
-        let mut dechunk = chunked.then(ChunkDecoder::default);
+        let mut dechunk = chunked.then(|| ChunkedDecoder::new(usize::MAX));
         let mut body = |data: &[u8], scanner: &mut Scanner| -> bool {
             match dechunk.as_mut() {
                 None => {
                     on_bytes(data, scanner);
                     true
                 }
-                Some(d) => d.feed(data, |p| on_bytes(p, scanner)) == Chunked::More,
+                Some(d) => matches!(d.feed(data, |p| on_bytes(p, scanner)), Ok(Progress::More)),
             }
         };
         let mut open = body(&head[body_start..], &mut scanner);

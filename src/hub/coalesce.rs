@@ -72,6 +72,9 @@ pub fn spawn(hub: Arc<Hub>) -> std::io::Result<Option<std::thread::JoinHandle<()
         .name("sluice-coalesce".into())
         .spawn(move || {
             while !hub.is_draining() {
+                if crate::fault::injected("coalescer") {
+                    panic!("injected fault (SLUICE_TEST_PANIC=coalescer)");
+                }
                 let next = co.run_due(&hub, unix_millis());
                 let wait = next.saturating_sub(unix_millis());
                 std::thread::sleep(Duration::from_millis(wait.clamp(1, 100)));

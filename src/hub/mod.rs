@@ -577,6 +577,9 @@ pub struct Hub {
     pub connections: AtomicUsize,
     /// Open SSE streams on this node (all workers).
     pub streams: AtomicUsize,
+    /// Workers whose accept loop runs (`/healthz` reports this, not the
+    /// configured count). Relaxed: a gauge read by `/healthz` only.
+    pub workers_up: AtomicUsize,
     /// Open SSE streams per key (index into `Settings::keys`), for the keys'
     /// `max_connections` across every worker.
     key_streams: Box<[AtomicU32]>,
@@ -593,6 +596,7 @@ impl Hub {
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
+            workers_up: AtomicUsize::new(0),
             key_streams: (0..settings.keys.len())
                 .map(|_| AtomicU32::new(0))
                 .collect(),

@@ -24,7 +24,8 @@ use crate::config::fill;
 use crate::hub::filter::Clause;
 use crate::hub::{Filter, Start, Topic, TopicError};
 use crate::metrics;
-use crate::server::http::{self, Chunked, HttpError, Method, Request};
+use crate::server::chunked::{ChunkError, ChunkedDecoder, Progress};
+use crate::server::http::{self, HttpError, Method, Request};
 use crate::server::worker::{SubState, Subscriber, Worker, frame};
 use crate::sources::publish::parse_rows;
 use crate::sse;
@@ -62,7 +63,7 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
                         HttpError::HeadersTooLarge => (431, "request head too large"),
                     };
                     tracing::debug!(status, msg, "bad request head");
-                    send_error(&w, &mut stream, status, msg, false, None).await;
+                    send_error(&w, &mut stream, None, status, msg).await;
                     return;
                 }
             }
@@ -73,6 +74,21 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
         };
         let keep_alive = req.keep_alive && !w.is_draining();
 
+        // Only POST takes a body. Any other request that announces one is
+        // refused and the connection closed, so that its body can never be
+        // read as the next request.
+        if req.has_body() && req.method != Method::Post {
+            send_error(
+                &w,
+                &mut stream,
+                Some(&req),
+                400,
+                "this method takes no request body",
+            )
+            .await;
+            return;
+        }
+
         let target = if req.method == Method::Options {
             None
         } else {
@@ -80,7 +96,7 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
         };
         if let Some(target) = target {
             if req.method != Method::Get {
-                send_error(&w, &mut stream, 405, "use GET", false, req.header("origin")).await;
+                send_error(&w, &mut stream, Some(&req), 405, "use GET").await;
                 return;
             }
             drop(buf);
@@ -88,8 +104,33 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
             return;
         }
 
-        // Requests with a body: read it whole first.
         let body = if req.method == Method::Post {
+            // Authenticate and admit before a byte of the body is read.
+            match admit_post(&w, &req) {
+                Err((status, msg)) => {
+                    send_error(&w, &mut stream, Some(&req), status, msg).await;
+                    return;
+                }
+                Ok(false) => {
+                    // Not an endpoint that takes a body: answer (404 or 405)
+                    // without reading it, and close.
+                    let out = route(&w, &req, Vec::new(), false);
+                    let _ = stream.write_all(out.freeze()).await;
+                    close_gracefully(&mut stream).await;
+                    return;
+                }
+                Ok(true) => {}
+            }
+            if req.expect_continue
+                && req.has_body()
+                && stream
+                    .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
+                    .await
+                    .0
+                    .is_err()
+            {
+                return;
+            }
             match read_body(&w, &mut stream, &mut buf, &req).await {
                 Some(b) => b,
                 None => return,
@@ -113,7 +154,7 @@ async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>, limit: usize) -> Op
         return None;
     }
     if buf.capacity() - len < 1024 {
-        buf.reserve((len).max(1024).min(limit - len));
+        buf.reserve(len.max(1024).min(limit - len));
     }
     let cap = buf.capacity().min(limit);
     let (res, slice) = stream
@@ -126,6 +167,9 @@ async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>, limit: usize) -> Op
     }
 }
 
+/// Bytes read at a time from a chunked body.
+const CHUNKED_READ_BYTES: usize = 64 * 1024;
+
 /// Reads a request body (Content-Length or chunked) into a `Vec`, leaving
 /// any pipelined bytes after it in `buf`. Sends 413 / 400 itself.
 async fn read_body(
@@ -135,13 +179,13 @@ async fn read_body(
     req: &Request,
 ) -> Option<Vec<u8>> {
     let limit = w.settings.max_body_bytes;
-    let origin = req.header("origin");
     if let Some(len) = req.content_length {
         if len > limit {
-            send_error(w, stream, 413, "body exceeds max_body_bytes", false, origin).await;
+            send_error(w, stream, Some(req), 413, "body exceeds max_body_bytes").await;
             return None;
         }
-        let need = req.head_len + len;
+        // Cannot overflow: head_len <= MAX_HEAD_BYTES and len <= limit.
+        let need = req.head_len.checked_add(len)?;
         while buf.len() < need {
             let b = read_more(stream, std::mem::take(buf), need).await?;
             *buf = b;
@@ -154,40 +198,104 @@ async fn read_body(
         buf.drain(..req.head_len);
         return Some(Vec::new());
     }
+    // Streaming: each byte is decoded once, then dropped from `buf`.
+    let mut decoder = ChunkedDecoder::new(limit);
+    let mut body = Vec::new();
+    let mut wire = 0usize;
+    let max_wire = limit
+        .saturating_mul(MAX_CHUNKED_OVERHEAD)
+        .saturating_add(CHUNKED_READ_BYTES);
+    let mut pos = req.head_len;
     loop {
-        match http::decode_chunked(&buf[req.head_len..], limit) {
-            Chunked::Done(body, used) => {
-                buf.drain(..req.head_len + used);
+        let fed = decoder.feed(&buf[pos..], |p| body.extend_from_slice(p));
+        let (status, msg) = match fed {
+            Ok(Progress::Done(n)) => {
+                buf.drain(..pos + n);
                 return Some(body);
             }
-            Chunked::Partial => {
-                let max = req.head_len + limit + 64 * 1024;
-                let b = read_more(stream, std::mem::take(buf), max).await?;
-                *buf = b;
+            Ok(Progress::More) => {
+                wire = wire.saturating_add(buf.len() - pos);
+                if wire > max_wire {
+                    (400, "chunked framing too large for its body")
+                } else {
+                    buf.clear();
+                    pos = 0;
+                    *buf = read_more(stream, std::mem::take(buf), CHUNKED_READ_BYTES).await?;
+                    continue;
+                }
             }
-            Chunked::TooLarge => {
-                send_error(w, stream, 413, "body exceeds max_body_bytes", false, origin).await;
-                return None;
-            }
-            Chunked::Malformed => {
-                send_error(w, stream, 400, "malformed chunked body", false, origin).await;
-                return None;
-            }
-        }
+            Err(ChunkError::TooLarge) => (413, "body exceeds max_body_bytes"),
+            Err(ChunkError::Malformed(m)) => (400, m),
+        };
+        tracing::debug!(status, msg, "bad chunked body");
+        send_error(w, stream, Some(req), status, msg).await;
+        return None;
     }
 }
 
+/// A chunked body may take this many times its decoded size on the wire
+/// (chunk sizes, extensions, CRLFs) before it is refused.
+const MAX_CHUNKED_OVERHEAD: usize = 8;
+
+/// Sends an error response and closes the connection gracefully (any
+/// unread request bytes are drained for a moment, so that the close does
+/// not reset the connection before the client reads the answer).
 async fn send_error(
     w: &Worker,
     stream: &mut TcpStream,
+    req: Option<&Request>,
     status: u16,
     msg: &str,
-    keep_alive: bool,
-    origin: Option<&str>,
 ) {
     metrics::http_response(status);
-    let out = http::error_response(status, msg, keep_alive, &w.settings.cors, origin);
-    let _ = stream.write_all(out.freeze()).await;
+    let origin = req.and_then(|r| r.header("origin"));
+    let mut out = http::error_response(status, msg, false, &w.settings.cors, origin);
+    if req.is_some_and(|r| r.method == Method::Head) {
+        out = http::head_only(out);
+    }
+    if stream.write_all(out.freeze()).await.0.is_ok() {
+        close_gracefully(stream).await;
+    }
+}
+
+/// How long a connection being closed by the server is drained before the
+/// close: closing with unread bytes would send a reset that can destroy the
+/// last response before the client reads it.
+pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Shuts down the write side, then reads and drops what the peer still
+/// sends, for at most [`CLOSE_LINGER`].
+pub async fn close_gracefully(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let _ = monoio::time::timeout(CLOSE_LINGER, async {
+        let mut buf = Box::new([0u8; 512]);
+        loop {
+            let (res, b) = stream.read(buf).await;
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The checks a `POST` passes before its body is read: draining, then the
+/// endpoint's authentication and permission. `Ok(true)`: read the body and
+/// route; `Ok(false)`: no endpoint here takes a body.
+fn admit_post(w: &Worker, req: &Request) -> Result<bool, (u16, &'static str)> {
+    if w.hub.is_draining() {
+        return Err((503, "server is draining"));
+    }
+    if req.path == "/v1/stream/token" {
+        token_issuer(w, req)?;
+        return Ok(true);
+    }
+    if let Some(topic) = req.path.strip_prefix("/v1/publish/") {
+        publish_target(w, req, topic)?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Answers a non-streaming request.
@@ -212,7 +320,11 @@ fn route(w: &Worker, req: &Request, body: Vec<u8>, keep_alive: bool) -> BytesMut
         ),
     };
     metrics::http_response(status);
-    out
+    if req.method == Method::Head {
+        http::head_only(out)
+    } else {
+        out
+    }
 }
 
 /// What a CORS preflight allows.
@@ -229,21 +341,20 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     }
     if path == "/healthz" {
         method(req, Method::Get)?;
-        return Ok(if w.hub.is_draining() {
-            (
-                503,
-                "application/json",
-                Bytes::from_static(br#"{"status":"draining"}"#),
-            )
+        let up = w.hub.workers_up.load(Ordering::Relaxed);
+        let (status, state) = if w.hub.is_draining() {
+            (503, "draining")
+        } else if up < w.settings.workers {
+            (503, "starting")
         } else {
-            let s = format!(
-                r#"{{"status":"ok","workers":{},"connections":{},"streams":{}}}"#,
-                w.settings.workers,
-                w.hub.connections.load(Ordering::Relaxed),
-                w.hub.streams.load(Ordering::Relaxed)
-            );
-            (200, "application/json", Bytes::from(s))
-        });
+            (200, "ok")
+        };
+        let s = format!(
+            r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{}}}"#,
+            w.hub.connections.load(Ordering::Relaxed),
+            w.hub.streams.load(Ordering::Relaxed)
+        );
+        return Ok((status, "application/json", Bytes::from(s)));
     }
     if w.hub.is_draining() {
         return Err((503, "server is draining"));
@@ -298,17 +409,7 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     }
     if let Some(topic) = path.strip_prefix("/v1/publish/") {
         method(req, Method::Post)?;
-        let principal = authenticate(w, req)?;
-        match principal {
-            Principal::Anonymous => return Err((401, "publishing needs a publisher key")),
-            Principal::Token(_) => return Err((403, "a stream token may only subscribe")),
-            Principal::Key(k) if !w.settings.keys[k].role.may_publish() => {
-                return Err((403, "this key may not publish"));
-            }
-            Principal::Key(_) => {}
-        }
-        let topic = lookup_topic(w, topic)?;
-        allowed(w, &principal, &topic.name)?;
+        let topic = publish_target(w, req, topic)?;
         let ndjson = req.header("content-type").is_some_and(|c| {
             c.starts_with("application/x-ndjson") || c.starts_with("application/ndjson")
         });
@@ -348,6 +449,9 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
         s.push_str("]}");
         return Ok((200, "application/json", Bytes::from(s)));
     }
+    if path == "/__sluice/panic" && crate::fault::injected("request") {
+        panic!("injected fault (SLUICE_TEST_PANIC=request)");
+    }
     Err((404, "no such endpoint"))
 }
 
@@ -364,13 +468,38 @@ Open / in a browser for the live demo page.\n";
 /// the frames as they arrive.
 const DEMO_PAGE: &str = include_str!("demo.html");
 
+/// The topic a publish may write to: a publisher key, allowed on it.
+fn publish_target(
+    w: &Worker,
+    req: &Request,
+    topic: &str,
+) -> Result<Arc<Topic>, (u16, &'static str)> {
+    let principal = authenticate(w, req)?;
+    match principal {
+        Principal::Anonymous => return Err((401, "publishing needs a publisher key")),
+        Principal::Token(_) => return Err((403, "a stream token may only subscribe")),
+        Principal::Key(k) if !w.settings.keys[k].role.may_publish() => {
+            return Err((403, "this key may not publish"));
+        }
+        Principal::Key(_) => {}
+    }
+    let topic = lookup_topic(w, topic)?;
+    allowed(w, &principal, &topic.name)?;
+    Ok(topic)
+}
+
+/// The key a stream token is issued for: any API key.
+fn token_issuer(w: &Worker, req: &Request) -> Result<usize, (u16, &'static str)> {
+    match authenticate(w, req)? {
+        Principal::Key(k) => Ok(k),
+        Principal::Anonymous => Err((401, "a stream token needs an API key")),
+        Principal::Token(_) => Err((403, "a stream token cannot issue tokens")),
+    }
+}
+
 /// `POST /v1/stream/token`: any API key; an optional `{"topic":T}` scopes it.
 fn stream_token(w: &Worker, req: &Request, mut body: Vec<u8>) -> Routed {
-    let key = match authenticate(w, req)? {
-        Principal::Key(k) => k,
-        Principal::Anonymous => return Err((401, "a stream token needs an API key")),
-        Principal::Token(_) => return Err((403, "a stream token cannot issue tokens")),
-    };
+    let key = token_issuer(w, req)?;
     let mut scope = None;
     if body.iter().any(|b| !b.is_ascii_whitespace()) {
         use simd_json::prelude::*;
@@ -605,7 +734,7 @@ async fn stream_sse(
     let (topic, tier, filter, heartbeat_s, last_id, key) = match checked {
         Ok(v) => v,
         Err((status, msg)) => {
-            send_error(&w, &mut stream, status, msg, false, origin).await;
+            send_error(&w, &mut stream, Some(&req), status, msg).await;
             return;
         }
     };

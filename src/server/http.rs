@@ -17,6 +17,9 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 48;
 /// Longest request target (path and query), in bytes.
 pub const MAX_TARGET_BYTES: usize = 4096;
+/// Most digits in a `Content-Length` (any larger is refused as malformed
+/// before it is parsed; the body limit then applies).
+pub const MAX_CONTENT_LENGTH_DIGITS: usize = 15;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -39,12 +42,20 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     pub content_length: Option<usize>,
     pub chunked: bool,
+    /// `Expect: 100-continue`: the client waits for `100 Continue` before
+    /// it sends its body.
+    pub expect_continue: bool,
     pub keep_alive: bool,
     /// Bytes of the head in the buffer (the body starts there).
     pub head_len: usize,
 }
 
 impl Request {
+    /// True when a body follows the head (chunked, or a non-zero length).
+    pub fn has_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -117,15 +128,15 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let mut keep_alive = !http10;
     let mut content_length = None;
     let mut chunked = false;
+    let mut expect_continue = false;
     let mut owned = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HttpError::Malformed("header value is not UTF-8"))?;
         let value = value.trim();
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value
-                .parse()
-                .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
+            let n =
+                parse_content_length(value).ok_or(HttpError::Malformed("bad Content-Length"))?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(HttpError::Malformed("conflicting Content-Length headers"));
             }
@@ -135,6 +146,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
                 chunked = true;
             } else {
                 return Err(HttpError::Malformed("unsupported Transfer-Encoding"));
+            }
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            if value.eq_ignore_ascii_case("100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(HttpError::Malformed("unsupported Expect"));
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
             if value.eq_ignore_ascii_case("close") {
@@ -150,6 +167,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
             "both Content-Length and Transfer-Encoding",
         ));
     }
+    if chunked && http10 {
+        return Err(HttpError::Malformed("HTTP/1.0 has no chunked encoding"));
+    }
     Ok(Some(Request {
         method,
         path,
@@ -157,9 +177,20 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         headers: owned,
         content_length,
         chunked,
+        expect_continue,
         keep_alive,
         head_len,
     }))
+}
+
+/// A `Content-Length` value: ASCII digits only (no sign, no list), at most
+/// `MAX_CONTENT_LENGTH_DIGITS` of them, so the value always fits.
+fn parse_content_length(v: &str) -> Option<usize> {
+    if v.is_empty() || v.len() > MAX_CONTENT_LENGTH_DIGITS || !v.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    v.parse().ok()
 }
 
 /// Decodes `%XX` (and `+` as space in queries). `None` on a bad escape or
@@ -191,62 +222,6 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// State of a chunked body decoder over a growing buffer.
-pub enum Chunked {
-    /// The decoded body, and the bytes of input it used.
-    Done(Vec<u8>, usize),
-    Partial,
-    TooLarge,
-    Malformed,
-}
-
-/// Decodes a whole `Transfer-Encoding: chunked` body from `buf`, if complete.
-pub fn decode_chunked(buf: &[u8], limit: usize) -> Chunked {
-    let mut out = Vec::new();
-    let mut i = 0;
-    loop {
-        let Some(nl) = buf[i..].windows(2).position(|w| w == b"\r\n") else {
-            return if buf.len() - i > 64 {
-                Chunked::Malformed
-            } else {
-                Chunked::Partial
-            };
-        };
-        let line = &buf[i..i + nl];
-        let size_hex = line.split(|&b| b == b';').next().unwrap_or(b"");
-        let Some(size) = std::str::from_utf8(size_hex)
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-        else {
-            return Chunked::Malformed;
-        };
-        i += nl + 2;
-        if size == 0 {
-            // trailers: skip header lines until an empty line
-            loop {
-                let Some(nl) = buf[i..].windows(2).position(|w| w == b"\r\n") else {
-                    return Chunked::Partial;
-                };
-                i += nl + 2;
-                if nl == 0 {
-                    return Chunked::Done(out, i);
-                }
-            }
-        }
-        if out.len() + size > limit {
-            return Chunked::TooLarge;
-        }
-        if buf.len() < i + size + 2 {
-            return Chunked::Partial;
-        }
-        out.extend_from_slice(&buf[i..i + size]);
-        if &buf[i + size..i + size + 2] != b"\r\n" {
-            return Chunked::Malformed;
-        }
-        i += size + 2;
-    }
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -329,6 +304,15 @@ pub fn response(
     out
 }
 
+/// The head of a whole response, without its body (the answer to `HEAD`:
+/// the same headers as `GET`, `Content-Length` included, and no body).
+pub fn head_only(mut out: BytesMut) -> BytesMut {
+    if let Some(end) = memchr::memmem::find(&out, b"\r\n\r\n") {
+        out.truncate(end + 4);
+    }
+    out
+}
+
 /// A JSON error response (SPEC §4).
 pub fn error_response(
     status: u16,
@@ -407,21 +391,6 @@ mod tests {
             parse(b"GET /%zz HTTP/1.1\r\n\r\n"),
             Err(HttpError::Malformed(_))
         ));
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        let b = b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\nNEXT";
-        match decode_chunked(b, 100) {
-            Chunked::Done(body, used) => {
-                assert_eq!(body, b"abcde");
-                assert_eq!(&b[used..], b"NEXT");
-            }
-            _ => panic!("expected done"),
-        }
-        assert!(matches!(decode_chunked(b"3\r\nab", 100), Chunked::Partial));
-        assert!(matches!(decode_chunked(b"zz\r\n", 100), Chunked::Malformed));
-        assert!(matches!(decode_chunked(b"ff\r\n", 10), Chunked::TooLarge));
     }
 
     #[test]

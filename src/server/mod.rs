@@ -6,6 +6,7 @@
 //! told `reconnect` (reason `shutdown`, jittered retry), workers stop when
 //! their streams have closed or after `worker::DRAIN_GRACE_S`.
 
+pub mod chunked;
 pub mod conn;
 pub mod http;
 pub mod iovec;
@@ -53,8 +54,6 @@ fn fd_budget(max_connections: usize) -> usize {
     max_connections.min(budget)
 }
 
-/// How long a refused connection is drained before it is closed.
-pub const REFUSE_LINGER: Duration = Duration::from_millis(250);
 /// io_uring submission queue entries per worker.
 pub const URING_ENTRIES: u32 = 4096;
 
@@ -67,6 +66,8 @@ pub enum ServerError {
     Thread(io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    #[error("worker {0} stopped unexpectedly; exiting")]
+    WorkerDied(usize),
 }
 
 /// Which I/O driver the workers run on.
@@ -128,32 +129,52 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     }
     crate::hub::coalesce::spawn(hub.clone()).map_err(ServerError::Thread)?;
     let signals = spawn_signal_thread(hub.clone())?;
-    let mut threads = Vec::with_capacity(settings.workers);
+    // Each worker says when it ends. One that ends while the node is not
+    // draining has failed: the process exits non-zero so that the service
+    // manager restarts it, rather than serving on with a dead listener.
+    // (A panic never gets here: the panic hook in main exits at once.)
+    let (events_tx, events) = std::sync::mpsc::channel::<WorkerEvent>();
     for (id, listener) in listeners.into_iter().enumerate() {
         let hub = hub.clone();
         let keys = keys.clone();
+        let events_tx = events_tx.clone();
         let core = if cores.is_empty() {
             None
         } else {
             Some(cores[id % cores.len()])
         };
-        let t = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("sluice-worker-{id}"))
             .spawn(move || {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                run_worker(id, hub, keys, listener, driver);
+                run_worker(id, hub, keys, listener, driver, &events_tx);
+                let _ = events_tx.send(WorkerEvent::Ended(id));
             })
             .map_err(ServerError::Thread)?;
-        threads.push(t);
     }
+    drop(events_tx);
 
-    tracing::info!(%addr, workers = settings.workers, "listening on {addr}");
-
-    for t in threads {
-        if t.join().is_err() {
-            tracing::error!("a worker panicked");
+    // "listening" once every worker accepts.
+    let mut up = 0;
+    let mut ended = 0;
+    while ended < settings.workers {
+        match events.recv() {
+            Ok(WorkerEvent::Up) => {
+                up += 1;
+                if up == settings.workers {
+                    tracing::info!(%addr, workers = settings.workers, "listening on {addr}");
+                }
+            }
+            Ok(WorkerEvent::Ended(id)) => {
+                ended += 1;
+                if !hub.is_draining() {
+                    tracing::error!(worker = id, "worker {id} stopped unexpectedly");
+                    return Err(ServerError::WorkerDied(id));
+                }
+            }
+            Err(_) => break,
         }
     }
     drop(signals);
@@ -181,12 +202,21 @@ fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, Ser
         .map_err(ServerError::Thread)
 }
 
+/// What a worker thread tells the main thread.
+enum WorkerEvent {
+    /// Its accept loop runs.
+    Up,
+    /// Its thread is ending.
+    Ended(usize),
+}
+
 fn run_worker(
     id: usize,
     hub: Arc<Hub>,
     keys: Arc<Keys>,
     listener: std::net::TcpListener,
     driver: DriverChoice,
+    events: &std::sync::mpsc::Sender<WorkerEvent>,
 ) {
     if driver == DriverChoice::Auto {
         match RuntimeBuilder::<IoUringDriver>::new()
@@ -198,7 +228,7 @@ fn run_worker(
                 if id == 0 {
                     tracing::info!("io_uring driver");
                 }
-                rt.block_on(worker_main(id, hub, keys, listener));
+                rt.block_on(worker_main(id, hub, keys, listener, events));
                 return;
             }
             Err(e) => {
@@ -216,20 +246,22 @@ fn run_worker(
             .enable_timer()
             .build();
     match rt {
-        Ok(mut rt) => rt.block_on(worker_main(id, hub, keys, listener)),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start worker {id}");
-            hub.drain();
-        }
+        Ok(mut rt) => rt.block_on(worker_main(id, hub, keys, listener, events)),
+        Err(e) => tracing::error!(error = %e, "cannot start worker {id}"),
     }
 }
 
-async fn worker_main(id: usize, hub: Arc<Hub>, keys: Arc<Keys>, listener: std::net::TcpListener) {
+async fn worker_main(
+    id: usize,
+    hub: Arc<Hub>,
+    keys: Arc<Keys>,
+    listener: std::net::TcpListener,
+    events: &std::sync::mpsc::Sender<WorkerEvent>,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "worker {id}: cannot use its listener");
-            hub.drain();
             return;
         }
     };
@@ -237,9 +269,12 @@ async fn worker_main(id: usize, hub: Arc<Hub>, keys: Arc<Keys>, listener: std::n
     monoio::spawn(worker::fanout_loop(w.clone()));
     monoio::spawn(worker::tick_loop(w.clone()));
     monoio::spawn(accept_loop(w.clone(), listener));
+    w.hub.workers_up.fetch_add(1, Ordering::Relaxed);
+    let _ = events.send(WorkerEvent::Up);
     while !w.drained() {
         monoio::time::sleep(Duration::from_millis(100)).await;
     }
+    w.hub.workers_up.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Accepts connections until the worker stops. On a full file descriptor
@@ -293,24 +328,11 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
 }
 
 async fn refuse(w: Rc<Worker>, mut stream: monoio::net::TcpStream, msg: &'static str) {
-    use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+    use monoio::io::AsyncWriteRentExt;
     crate::metrics::http_response(503);
     let out = http::error_response(503, msg, false, &w.settings.cors, None);
     if stream.write_all(out.freeze()).await.0.is_ok() {
-        // Close gracefully: closing with the request unread would send a
-        // reset that can destroy the 503 before the client reads it.
-        let _ = stream.shutdown().await;
-        let _ = monoio::time::timeout(REFUSE_LINGER, async {
-            let mut buf = Box::new([0u8; 512]);
-            loop {
-                let (res, b) = stream.read(buf).await;
-                buf = b;
-                if !matches!(res, Ok(n) if n > 0) {
-                    break;
-                }
-            }
-        })
-        .await;
+        conn::close_gracefully(&mut stream).await;
     }
     w.hub.connections.fetch_sub(1, Ordering::Relaxed);
 }
