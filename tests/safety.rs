@@ -6,8 +6,67 @@
 
 mod common;
 
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+/// Runs a command that should stop by itself; kills it and fails after
+/// `WAIT` (a second sluice that does start would otherwise serve forever).
+fn run_to_exit(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "still running: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn a_second_sluice_on_a_served_port_refuses_to_start() {
+    for driver in DRIVERS {
+        let first = Server::start_with(&config("", ""), driver);
+        let addr = first.addr;
+        let p = temp_path("second.toml");
+        std::fs::write(&p, config("", "").replace("127.0.0.1:0", &addr.to_string())).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(&p);
+        if driver == Driver::Epoll {
+            cmd.env("SLUICE_DRIVER", "epoll");
+        }
+        let out = run_to_exit(cmd);
+        let _ = std::fs::remove_file(&p);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{driver:?}: {err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert_eq!(
+            last,
+            format!(
+                "sluice: cannot listen on {addr}: address already in use (another process serves it)"
+            ),
+            "{driver:?}"
+        );
+        // the first one still has the port, all of it
+        for _ in 0..8 {
+            let (st, _, body) = first.request("GET", "/healthz", &[], b"");
+            assert_eq!(st, 200, "{body}");
+        }
+        assert!(first.stop().success());
+    }
+}
 
 const TOKENS: &str = r#"
 [server]
