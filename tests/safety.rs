@@ -6,11 +6,16 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+fn repo(p: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
 
 /// Runs a command that should stop by itself; kills it and fails after
 /// `WAIT` (a second sluice that does start would otherwise serve forever).
@@ -33,6 +38,26 @@ fn run_to_exit(mut cmd: Command) -> Output {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.wait_with_output().expect("output")
+}
+
+fn check_config(path: &std::path::Path) -> (i32, String) {
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check_config_text(src: &str) -> (i32, String) {
+    let p = temp_path("check.toml");
+    std::fs::write(&p, src).unwrap();
+    let r = check_config(&p);
+    let _ = std::fs::remove_file(&p);
+    r
 }
 
 #[test]
@@ -176,4 +201,104 @@ fn tokens_minted_elsewhere_get_no_more_than_their_key() {
             assert!(c.body_if_error.contains("\"unauthorized\""));
         }
     }
+}
+
+#[test]
+fn the_example_config_ships_no_usable_secret_and_says_so() {
+    let example = std::fs::read_to_string(repo("config/sluice.toml")).unwrap();
+    assert!(!example.contains("change-me"));
+    assert!(!example.contains("sk_live_acme"));
+    assert!(
+        !example.contains("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
+        "sha256(\"test\") is not a secret"
+    );
+    let (code, err) = check_config(&repo("config/sluice.toml"));
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "warning: key 'acme' has the placeholder key_sha256",
+        "warning: key 'feed' has the placeholder key_sha256",
+        "warning: [[sources]] kind = \"demo\"",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(!err.contains("token_secret"), "empty is random: {err}");
+
+    // the other examples' shared secrets are flagged, never printed
+    for f in [
+        "config/odds.toml",
+        "config/ticker.toml",
+        "config/game-results.toml",
+        "config/chain-events.toml",
+        "config/event-router.toml",
+        "config/demo.toml",
+    ] {
+        let (code, err) = check_config(&repo(f));
+        assert_eq!(code, 0, "{f}: {err}");
+        assert!(
+            err.contains("uses a published example secret"),
+            "{f}: {err}"
+        );
+        for secret in ["pk_publisher_change_me", "demo-public-key-2026", "sk_live_"] {
+            assert!(!err.contains(secret), "{err}");
+        }
+    }
+}
+
+#[test]
+fn check_config_and_serve_warn_about_published_secrets() {
+    let bad = config(
+        "",
+        "[[keys]]\nname = \"copied\"\nkey = \"sk_live_acme\"\ntier = \"scale\"\n",
+    )
+    .replace(
+        "required = false",
+        "required = false\ntoken_secret = \"change-me\"",
+    );
+    let (code, err) = check_config_text(&bad);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: auth.token_secret is a published example"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: key 'copied' uses a published example secret"),
+        "{err}"
+    );
+    assert!(!err.contains("change-me") && !err.contains("sk_live_acme"));
+    assert_eq!(err.lines().count(), 2, "{err}");
+
+    let short = bad.replace("change-me", "hunter2");
+    let (_, err) = check_config_text(&short);
+    assert!(err.contains("auth.token_secret has 7 bytes"), "{err}");
+
+    let fine = config("", "").replace(
+        "required = false",
+        "required = false\ntoken_secret = \"8f02e52c5a7aed6edbc1ec26416e4e01\"",
+    );
+    assert_eq!(check_config_text(&fine), (0, String::new()));
+
+    // serve --config logs the same at start, before it listens
+    let p = temp_path("bad.toml");
+    std::fs::write(&p, &bad).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&p)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut logs = String::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while !logs.contains("listening on") {
+        let line = lines.next().expect("sluice exited").unwrap();
+        logs.push_str(&line);
+        logs.push('\n');
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&p);
+    assert!(
+        logs.contains("auth.token_secret is a published example")
+            && logs.contains("key 'copied' uses a published example secret"),
+        "{logs}"
+    );
 }
