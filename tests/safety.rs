@@ -302,3 +302,62 @@ fn check_config_and_serve_warn_about_published_secrets() {
         "{logs}"
     );
 }
+
+#[test]
+fn the_installer_writes_a_config_with_fresh_secrets_and_no_demo() {
+    let generate = || {
+        let out = Command::new("bash")
+            .arg(repo("scripts/install.sh"))
+            .arg("--print-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap().trim().to_string(),
+        )
+    };
+    let (cfg, admin) = generate();
+    let (cfg2, admin2) = generate();
+    let secret = |c: &str| {
+        c.lines()
+            .find_map(|l| l.strip_prefix("token_secret = \""))
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(secret(&cfg).len(), 64, "{cfg}");
+    assert!(secret(&cfg).bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(secret(&cfg), secret(&cfg2));
+    assert_ne!(admin, admin2);
+    assert!(!cfg.contains(&admin), "only the digest is stored");
+    assert!(
+        !cfg.contains("[[sources]]") && !cfg.contains("\"demo\""),
+        "{cfg}"
+    );
+    assert!(!cfg.contains(&"0".repeat(64)), "{cfg}");
+
+    let p = temp_path("installed.toml");
+    std::fs::write(&p, &cfg).unwrap();
+    let (code, err) = check_config(&p);
+    let _ = std::fs::remove_file(&p);
+    assert_eq!((code, err.as_str()), (0, ""), "{cfg}");
+
+    let s = Server::start(&cfg.replace("127.0.0.1:8080", "127.0.0.1:0"));
+    let (st, _, body) = s.request("GET", "/v1/topics", &[("X-API-Key", &admin)], b"");
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(s.request("GET", "/v1/topics", &[], b"").0, 401);
+    let c = s.subscribe("/v1/sse/odds/x", &[("X-API-Key", "test")]);
+    assert_eq!(c.status, 401);
+    let (st, _, body) = s.request(
+        "POST",
+        "/v1/publish/odds/x",
+        &[("X-API-Key", &admin)],
+        br#"{"event_id":"e","bookmaker":"b","market":"m","outcome":"o"}"#,
+    );
+    assert_eq!(st, 202, "{body}");
+}
