@@ -6,10 +6,28 @@
 //! can reveal a key. Only a key's `name` ever leaves this module.
 //!
 //! Stream tokens are HS256 JWTs (RFC 7519) signed with `token_secret`: the
-//! MAC is the `hmac` crate's HMAC-SHA-256, checked in constant time; only
-//! the header `{"alg":"HS256","typ":"JWT"}` is accepted (no `none`, no
-//! algorithm switching). Claims: `sub` (the key's name), `tier`, optional
-//! `topic` (the scope), `iat`, `exp`.
+//! MAC is the `hmac` crate's HMAC-SHA-256, checked in constant time. sluice
+//! issues them with the header `{"alg":"HS256","typ":"JWT"}` and the claims
+//! `sub` (the key's name), `tier`, optional `topic` (the scope), `iat` and
+//! `exp`. Anything that holds `token_secret` can mint them, so a token is
+//! checked as if a stranger had signed it:
+//!
+//! * the header is any JSON object whose `alg` is exactly `"HS256"`, in any
+//!   field order, with `typ` absent or `"JWT"` and other fields (`kid`)
+//!   ignored; `alg` `none` or any other algorithm, and any `crit`, are
+//!   refused, as is anything whose signature does not verify;
+//! * `sub` must name a configured key; `iat` and `exp` are required integer
+//!   seconds; `iat` may be at most [`TOKEN_CLOCK_SKEW_S`] in the future,
+//!   `exp - iat` at most the current `token_ttl_s`, and `nbf`, when given,
+//!   at most [`TOKEN_CLOCK_SKEW_S`] in the future; otherwise the token is not
+//!   valid (401). So a token accepted now expires within
+//!   `token_ttl_s + TOKEN_CLOCK_SKEW_S` seconds, whoever signed it;
+//! * the tier granted is the key's *current* tier, or the token's `tier`
+//!   when that one coalesces strictly more (a larger `coalesce_ms`): a token
+//!   can narrow its key's tier, never widen it, and a key downgraded by a
+//!   reload downgrades its tokens. A `tier` naming no configured tier is
+//!   refused; without `tier` the key's tier applies;
+//! * `topic`, when given, must be a string and scopes the token to it.
 
 use std::collections::HashMap;
 
@@ -65,6 +83,17 @@ impl KeySecret {
         let mut out = [0u8; 32];
         hex::decode_to_slice(hex_digest.trim(), &mut out).ok()?;
         Some(KeySecret(out))
+    }
+
+    /// Whether this is the secret `key` (for flagging published examples).
+    pub fn is(&self, key: &str) -> bool {
+        bool::from(self.0.ct_eq(&KeySecret::plain(key).0))
+    }
+
+    /// Whether this is the all-zero `key_sha256` that example configs use as
+    /// a placeholder: no key hashes to it, so it never authenticates.
+    pub fn is_placeholder(&self) -> bool {
+        self.0 == [0; 32]
     }
 }
 
@@ -136,8 +165,13 @@ pub const MAX_TOKEN_BYTES: usize = 2048;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
-/// `{"alg":"HS256","typ":"JWT"}`, base64url: the only header accepted.
+/// `{"alg":"HS256","typ":"JWT"}`, base64url: the header of the tokens sluice
+/// issues.
 const JWT_HEADER: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
+
+/// How far in the future a token's `iat` (or `nbf`) may lie: the clock
+/// difference tolerated between the signer and this node.
+pub const TOKEN_CLOCK_SKEW_S: u64 = 60;
 
 /// The key table, indexed by digest and by name.
 pub struct Keys {
@@ -193,7 +227,8 @@ impl Keys {
         token
     }
 
-    /// Checks a stream token's signature, expiry and claims.
+    /// Checks a stream token's header, signature, lifetime and claims, and
+    /// clamps its tier to its key's (see the module doc).
     pub fn verify_token(
         &self,
         settings: &Settings,
@@ -209,7 +244,7 @@ impl Keys {
         else {
             return Err(AuthError::Forged);
         };
-        if header != JWT_HEADER {
+        if !header_is_hs256(header) {
             return Err(AuthError::Forged);
         }
         let sig = B64.decode(sig).map_err(|_| AuthError::Forged)?;
@@ -217,11 +252,25 @@ impl Keys {
         mac(settings, signed.as_bytes())
             .verify_slice(&sig)
             .map_err(|_| AuthError::Forged)?;
-        // Signed by us from here on: malformed claims mean another
-        // configuration (a key or tier since removed), not an attack.
+        // Signed with our secret, but possibly by another system that holds
+        // it: every claim is checked against this node's configuration.
         let mut json = B64.decode(payload).map_err(|_| AuthError::Forged)?;
         let v = simd_json::to_borrowed_value(&mut json).map_err(|_| AuthError::Forged)?;
+        if !v.is_object() {
+            return Err(AuthError::Forged);
+        }
+        let iat = v.get_u64("iat").ok_or(AuthError::Forged)?;
         let exp = v.get_u64("exp").ok_or(AuthError::Forged)?;
+        let latest_iat = now_s.saturating_add(TOKEN_CLOCK_SKEW_S);
+        if iat > latest_iat || exp > iat.saturating_add(u64::from(settings.token_ttl_s)) {
+            return Err(AuthError::Forged);
+        }
+        if let Some(nbf) = v.get("nbf") {
+            match nbf.as_u64() {
+                Some(nbf) if nbf <= latest_iat => {}
+                _ => return Err(AuthError::Forged),
+            }
+        }
         if now_s >= exp {
             return Err(AuthError::Expired);
         }
@@ -230,11 +279,25 @@ impl Keys {
             .and_then(|n| self.by_name.get(n))
             .copied()
             .ok_or(AuthError::Unknown)?;
-        let tier = v
-            .get_str("tier")
-            .and_then(|t| settings.tiers.iter().position(|x| x.name == t))
-            .ok_or(AuthError::Unknown)?;
-        let topic = v.get_str("topic").map(Into::into);
+        let key_tier = settings.keys[key].tier;
+        let tier = match v.get("tier") {
+            None => key_tier,
+            Some(t) => {
+                let claimed = t
+                    .as_str()
+                    .and_then(|t| settings.tiers.iter().position(|x| x.name == t))
+                    .ok_or(AuthError::Unknown)?;
+                if settings.tiers[claimed].coalesce_ms > settings.tiers[key_tier].coalesce_ms {
+                    claimed
+                } else {
+                    key_tier
+                }
+            }
+        };
+        let topic = match v.get("topic") {
+            None => None,
+            Some(t) => Some(t.as_str().ok_or(AuthError::Forged)?.into()),
+        };
         Ok(Grant { key, tier, topic })
     }
 
@@ -292,7 +355,7 @@ pub fn find_credential<'a>(
     {
         let k = k.trim();
         // A bearer value is a key or a stream token; tokens are JWTs.
-        let source = if k.starts_with(JWT_HEADER) && k.matches('.').count() == 2 {
+        let source = if looks_like_jwt(k) {
             CredentialSource::Token
         } else {
             CredentialSource::Header
@@ -315,6 +378,36 @@ pub fn find_credential<'a>(
         }
     }
     None
+}
+
+/// Whether a JWT's base64url header is a JSON object with `alg` exactly
+/// `HS256`, `typ` absent or `JWT`, and no `crit` (RFC 7515 §4.1.11: unknown
+/// critical extensions must be refused, and we know none).
+fn header_is_hs256(header: &str) -> bool {
+    let Ok(mut json) = B64.decode(header) else {
+        return false;
+    };
+    let Ok(v) = simd_json::to_borrowed_value(&mut json) else {
+        return false;
+    };
+    v.is_object()
+        && v.get_str("alg") == Some("HS256")
+        && v.get("typ")
+            .is_none_or(|t| t.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT")))
+        && v.get("crit").is_none()
+}
+
+/// Whether a bearer value is a JWT rather than an API key: three dot-
+/// separated parts, the first a base64url JSON object.
+fn looks_like_jwt(v: &str) -> bool {
+    let Some((header, _)) = v.split_once('.') else {
+        return false;
+    };
+    v.len() <= MAX_TOKEN_BYTES
+        && v.matches('.').count() == 2
+        && B64
+            .decode(header)
+            .is_ok_and(|h| h.trim_ascii_start().first() == Some(&b'{'))
 }
 
 fn mac(settings: &Settings, data: &[u8]) -> HmacSha256 {
@@ -386,6 +479,171 @@ mod tests {
         for junk in ["", "a.b", "a.b.c.d", &"x".repeat(5000)] {
             assert_eq!(keys.verify_token(&s, junk, 1000), Err(AuthError::Forged));
         }
+    }
+
+    /// A token signed with `s`'s secret, as any JWT encoder could make it.
+    fn mint(s: &Settings, header: &str, claims: &str) -> String {
+        let signed = format!("{}.{}", B64.encode(header), B64.encode(claims));
+        let sig = mac(s, signed.as_bytes()).finalize().into_bytes();
+        format!("{signed}.{}", B64.encode(sig))
+    }
+
+    const SUB: &str = r#""sub":"acme \"q\"""#;
+
+    #[test]
+    fn any_hs256_header_verifies_and_nothing_else_does() {
+        let s = settings();
+        let keys = Keys::new(&s.keys);
+        let claims = format!(r#"{{{SUB},"iat":1000,"exp":1060}}"#);
+        for header in [
+            r#"{"typ":"JWT","alg":"HS256"}"#,
+            r#"{"alg":"HS256"}"#,
+            r#"{"alg":"HS256","typ":"jwt","kid":"2026-01"}"#,
+            r#" { "kid" : 7 , "alg" : "HS256" } "#,
+        ] {
+            let t = mint(&s, header, &claims);
+            assert_eq!(
+                keys.verify_token(&s, &t, 1000).map(|g| g.key),
+                Ok(0),
+                "{header}"
+            );
+            let bearer = format!("Bearer {t}");
+            let c = find_credential(&[("Authorization", &bearer)], &[]).unwrap();
+            assert_eq!(c.source, CredentialSource::Token, "{header}");
+        }
+        for header in [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"HS512","typ":"JWT"}"#,
+            r#"{"alg":"hs256"}"#,
+            r#"{"alg":["HS256"]}"#,
+            r#"{"typ":"JWT"}"#,
+            r#"{"alg":"HS256","typ":"JWE"}"#,
+            r#"{"alg":"HS256","typ":1}"#,
+            r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+            r#"["HS256"]"#,
+            r#""HS256""#,
+            "{",
+        ] {
+            let t = mint(&s, header, &claims);
+            assert_eq!(
+                keys.verify_token(&s, &t, 1000),
+                Err(AuthError::Forged),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_of_a_jwt_library_verify_and_ours_decode_there() {
+        use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+        let s = settings();
+        let keys = Keys::new(&s.keys);
+        let now = crate::time::unix_secs();
+        // jsonwebtoken writes {"typ":"JWT","alg":"HS256"}
+        let claims = serde_json::json!({
+            "sub": "acme \"q\"", "tier": "business", "topic": "odds/nba",
+            "iat": now, "exp": now + 60,
+        });
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert!(!t.starts_with(JWT_HEADER), "{t}");
+        assert_eq!(
+            keys.verify_token(&s, &t, now),
+            Ok(Grant {
+                key: 0,
+                tier: 2,
+                topic: Some("odds/nba".into())
+            })
+        );
+        let ours = keys.issue_token(&s, 0, Some("odds/nba"), now);
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            &ours,
+            &DecodingKey::from_secret(b"s3cret"),
+            &validation,
+        )
+        .unwrap();
+        assert_eq!(data.claims["sub"], "acme \"q\"");
+        assert_eq!(data.claims["tier"], "enterprise");
+        assert_eq!(data.claims["exp"], now + 60);
+    }
+
+    #[test]
+    fn a_tokens_tier_is_never_better_than_its_keys() {
+        let s = settings();
+        let keys = Keys::new(&s.keys);
+        let tier_of = |s: &Settings, claims: &str| {
+            let t = mint(s, r#"{"alg":"HS256"}"#, claims);
+            keys.verify_token(s, &t, 1000).map(|g| g.tier)
+        };
+        // acme is enterprise (1): scale (0) is clamped, business (2) kept
+        let with = |tier: &str| format!(r#"{{{SUB},"tier":"{tier}","iat":1000,"exp":1060}}"#);
+        assert_eq!(tier_of(&s, &with("scale")), Ok(1));
+        assert_eq!(tier_of(&s, &with("enterprise")), Ok(1));
+        assert_eq!(tier_of(&s, &with("business")), Ok(2));
+        assert_eq!(
+            tier_of(&s, &format!(r#"{{{SUB},"iat":1000,"exp":1060}}"#)),
+            Ok(1)
+        );
+        assert_eq!(tier_of(&s, &with("gold")), Err(AuthError::Unknown));
+        // the key downgraded since: its old tokens follow it
+        let mut down = s.clone();
+        down.keys[0].tier = 2;
+        let ours = keys.issue_token(&s, 0, None, 1000);
+        assert_eq!(keys.verify_token(&down, &ours, 1000).map(|g| g.tier), Ok(2));
+        // a tier with the same interval but another name is not granted
+        let mut twin = s.clone();
+        twin.tiers.push(crate::config::Tier {
+            name: "gold".into(),
+            coalesce_ms: 500,
+            cadence: twin.tiers[1].cadence,
+        });
+        assert_eq!(tier_of(&twin, &with("gold")), Ok(1));
+    }
+
+    #[test]
+    fn a_tokens_lifetime_is_capped_by_token_ttl_s() {
+        let s = settings();
+        let keys = Keys::new(&s.keys);
+        let check = |claims: String| {
+            let t = mint(&s, r#"{"typ":"JWT","alg":"HS256"}"#, &claims);
+            keys.verify_token(&s, &t, 1000).map(|g| g.key)
+        };
+        let forged = Err(AuthError::Forged);
+        assert_eq!(check(format!(r#"{{{SUB},"iat":1000,"exp":1060}}"#)), Ok(0));
+        assert_eq!(check(format!(r#"{{{SUB},"iat":1000,"exp":1061}}"#)), forged);
+        // years: what a leaked example secret would have allowed
+        let years = format!(r#"{{{SUB},"iat":1000,"exp":99999999999}}"#);
+        assert_eq!(check(years), forged);
+        assert_eq!(check(format!(r#"{{{SUB},"exp":1060}}"#)), forged);
+        assert_eq!(
+            check(format!(r#"{{{SUB},"iat":"1000","exp":1060}}"#)),
+            forged
+        );
+        assert_eq!(check(format!(r#"{{{SUB},"iat":1000}}"#)), forged);
+        // issued in the future: within the clock skew only
+        let skew = TOKEN_CLOCK_SKEW_S;
+        let at = |iat: u64| format!(r#"{{{SUB},"iat":{iat},"exp":{}}}"#, iat + 60);
+        assert_eq!(check(at(1000 + skew)), Ok(0));
+        assert_eq!(check(at(1001 + skew)), forged);
+        let nbf = |nbf: u64| format!(r#"{{{SUB},"iat":1000,"exp":1060,"nbf":{nbf}}}"#);
+        assert_eq!(check(nbf(1000 + skew)), Ok(0));
+        assert_eq!(check(nbf(1001 + skew)), forged);
+        // expired, and other claims of the wrong shape
+        assert_eq!(
+            check(format!(r#"{{{SUB},"iat":900,"exp":960}}"#)),
+            Err(AuthError::Expired)
+        );
+        let topic = format!(r#"{{{SUB},"topic":["a"],"iat":1000,"exp":1060}}"#);
+        assert_eq!(check(topic), forged);
+        let unknown = r#"{"sub":"nobody","iat":1000,"exp":1060}"#.to_string();
+        assert_eq!(check(unknown), Err(AuthError::Unknown));
+        assert_eq!(check("[1000]".into()), forged);
     }
 
     #[test]

@@ -19,6 +19,35 @@ use crate::hub::topic_name_is_valid;
 /// The built-in demo configuration (`sluice serve` without `--config`).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
+/// Secrets that ship in this repository's example configs, README and
+/// docs, and the usual stand-ins: [`Settings::warnings`] flags a
+/// `token_secret` or key that uses one.
+pub const EXAMPLE_SECRETS: &[&str] = &[
+    "change-me",
+    "change_me",
+    "changeme",
+    "secret",
+    "test",
+    "password",
+    "sk_live_acme",
+    "sk_live_example",
+    "sk_live_xxxxx",
+    "pk_live_scale",
+    "pk_live_enterprise",
+    "pk_live_business",
+    "pk_publisher_change_me",
+    "demo-scale",
+    "demo-enterprise",
+    "demo-business",
+    "demo-publisher",
+    "demo-admin",
+    "demo-public-key-2026",
+];
+
+/// Shortest `token_secret` that [`Settings::warnings`] does not call
+/// guessable (an HS256 secret can be searched offline from any token).
+pub const MIN_TOKEN_SECRET_BYTES: usize = 16;
+
 /// Most workers a node runs: worker interest in a topic is one bit of a `u64`.
 pub const MAX_WORKERS: usize = 64;
 
@@ -419,6 +448,56 @@ impl Settings {
         let raw: RawConfig = toml::from_str(src)
             .map_err(|e| ConfigError::at(src, e.span(), e.message().to_string()))?;
         validate(src, raw)
+    }
+
+    /// What `check-config` and `serve --config` warn about: secrets that
+    /// were published as examples (anyone could use them), placeholders
+    /// that no key matches, a guessable `token_secret`, the demo source.
+    /// The file is valid all the same.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let secret = &self.token_secret;
+        // Secrets are named, never printed, even published ones.
+        if EXAMPLE_SECRETS
+            .iter()
+            .any(|e| e.as_bytes() == secret.as_slice())
+        {
+            out.push(
+                "auth.token_secret is a published example: anyone can mint stream tokens \
+                 with it; set a random one (openssl rand -hex 32), or \"\" for a random \
+                 secret per process"
+                    .into(),
+            );
+        } else if secret.len() < MIN_TOKEN_SECRET_BYTES {
+            out.push(format!(
+                "auth.token_secret has {} bytes: a short secret can be guessed from any \
+                 token; use at least {MIN_TOKEN_SECRET_BYTES} random bytes (openssl rand -hex 32)",
+                secret.len()
+            ));
+        }
+        for k in &self.keys {
+            if EXAMPLE_SECRETS.iter().any(|e| k.secret.is(e)) {
+                out.push(format!(
+                    "key '{}' uses a published example secret: anyone can use it; set a \
+                     random one (openssl rand -hex 24), preferably as key_sha256",
+                    k.name
+                ));
+            } else if k.secret.is_placeholder() {
+                out.push(format!(
+                    "key '{}' has the placeholder key_sha256 of zeros: no key matches it; \
+                     set the SHA-256 of a real key (printf %s \"$KEY\" | sha256sum)",
+                    k.name
+                ));
+            }
+        }
+        if self.sources.contains(&SourceKind::Demo) {
+            out.push(
+                "[[sources]] kind = \"demo\" publishes simulated odds and ticker rows: \
+                 remove it in production"
+                    .into(),
+            );
+        }
+        out
     }
 
     /// The first `[[topics]]` rule whose pattern matches `topic`.

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
         [] | ["serve"] => serve(None),
         ["serve", "--config", file] | ["serve", "-c", file] => serve(Some(file)),
         ["check-config", file] => match load(file) {
-            Ok(_) => {
+            Ok(settings) => {
+                for w in settings.warnings() {
+                    eprintln!("{file}: warning: {w}");
+                }
                 println!("{file}: ok");
                 ExitCode::SUCCESS
             }
@@ -107,6 +110,12 @@ fn serve(config: Option<&str>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The built-in demo is meant to have its demo keys and feed.
+    if let Some(file) = config {
+        for w in settings.warnings() {
+            tracing::warn!("{file}: {w}");
+        }
+    }
     match sluice::server::run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

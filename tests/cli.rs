@@ -111,8 +111,8 @@ fn start_up_failure_is_exit_1_with_a_reason() {
     let busy = config("", "")
         .replace("127.0.0.1:0", &s.addr.to_string())
         .replace("workers = 2", "workers = 1");
-    // SO_REUSEPORT would let a second sluice share the port; bind a plain
-    // listener elsewhere and point at it instead.
+    // A port held by a plain listener (another program); a second sluice
+    // on a sluice's port is tests/safety.rs's.
     let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = busy.replace(
         &s.addr.to_string(),

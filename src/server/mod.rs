@@ -88,6 +88,28 @@ impl DriverChoice {
     }
 }
 
+/// Refuses an address that another socket already listens on. The workers'
+/// listeners share their port through `SO_REUSEPORT`, which would also let
+/// them join a second process's (another sluice run by the same user) and
+/// split its connections with it; a socket bound without it fails instead.
+/// Port 0 asks for a fresh port, which is never busy.
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // as the listeners: connections of a previous run in TIME_WAIT are no
+    // reason to refuse
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "address already in use (another process serves it)",
+        )),
+        other => other,
+    }
+}
+
 fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -106,6 +128,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
 
     // The first listener fixes the port (the config may say port 0); the
     // others join it with SO_REUSEPORT.
+    ensure_free(settings.listen).map_err(|e| ServerError::Bind(settings.listen, e))?;
     let first = bind(settings.listen).map_err(|e| ServerError::Bind(settings.listen, e))?;
     let addr = first
         .local_addr()
