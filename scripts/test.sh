@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test, after installing what the tests need that cargo does not
+# fetch itself:
+#   - Debian's chromium (tests/browser.rs drives the demo page in it),
+#   - npm playwright-core, pinned in tests/browser/package-lock.json.
+# Installs with apt-get (as root, or through sudo) only what is missing.
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh --test http).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/test.sh: installing ${missing[*]} (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  npm ci --silent --prefix tests/browser
+fi
+
+cargo test "$@"
