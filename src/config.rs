@@ -118,6 +118,13 @@ struct RawServer {
     replay: Spanned<usize>,
     max_body_bytes: usize,
     cors_origins: Vec<String>,
+    slow_consumer_s: Spanned<u32>,
+    header_timeout_s: Spanned<u32>,
+    body_timeout_s: Spanned<u32>,
+    keepalive_timeout_s: Spanned<u32>,
+    max_pending_connections: usize,
+    max_pending_per_ip: usize,
+    sndbuf_bytes: usize,
 }
 
 impl Default for RawServer {
@@ -133,6 +140,13 @@ impl Default for RawServer {
             replay: Spanned::new(0..0, 1024),
             max_body_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
+            slow_consumer_s: Spanned::new(0..0, 5),
+            header_timeout_s: Spanned::new(0..0, 10),
+            body_timeout_s: Spanned::new(0..0, 30),
+            keepalive_timeout_s: Spanned::new(0..0, 60),
+            max_pending_connections: 4096,
+            max_pending_per_ip: 256,
+            sndbuf_bytes: 128 * 1024,
         }
     }
 }
@@ -427,6 +441,21 @@ pub struct Settings {
     pub max_events: u32,
     pub replay: usize,
     pub max_body_bytes: usize,
+    /// A stream whose socket has not drained for this long is closed.
+    pub slow_consumer_s: u32,
+    /// A request head must arrive whole within this of the connection (or
+    /// of its first byte, on a kept-alive connection).
+    pub header_timeout_s: u32,
+    /// A request body must arrive whole within this of its head.
+    pub body_timeout_s: u32,
+    /// A kept-alive connection may wait this long for its next request.
+    pub keepalive_timeout_s: u32,
+    /// Connections that are not streams (reading a request, or kept alive
+    /// between requests), per node and per client address.
+    pub max_pending_connections: usize,
+    pub max_pending_per_ip: usize,
+    /// SO_SNDBUF of client sockets (0: the kernel's autotuning).
+    pub sndbuf_bytes: usize,
     pub cors: Cors,
     pub auth_required: bool,
     pub anonymous_tier: usize,
@@ -527,6 +556,27 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
             src,
             None,
             format!("workers: at most {MAX_WORKERS}"),
+        ));
+    }
+    for (name, v, max) in [
+        ("slow_consumer_s", &s.slow_consumer_s, 3600),
+        ("header_timeout_s", &s.header_timeout_s, 3600),
+        ("body_timeout_s", &s.body_timeout_s, 3600),
+        ("keepalive_timeout_s", &s.keepalive_timeout_s, 3600),
+    ] {
+        if !(1..=max).contains(v.get_ref()) {
+            return Err(ConfigError::at(
+                src,
+                Some(v.span()),
+                format!("{name} must be 1..{max}"),
+            ));
+        }
+    }
+    if s.max_pending_connections == 0 || s.max_pending_per_ip == 0 {
+        return Err(ConfigError::at(
+            src,
+            find_span(src, "max_pending"),
+            "max_pending_connections and max_pending_per_ip must be at least 1",
         ));
     }
     if !(1..=30).contains(s.heartbeat_s.get_ref()) {
@@ -769,6 +819,13 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         max_connections: s.max_connections,
         retry_ms: s.retry_ms,
         heartbeat_s: s.heartbeat_s.into_inner(),
+        slow_consumer_s: s.slow_consumer_s.into_inner(),
+        header_timeout_s: s.header_timeout_s.into_inner(),
+        body_timeout_s: s.body_timeout_s.into_inner(),
+        keepalive_timeout_s: s.keepalive_timeout_s.into_inner(),
+        max_pending_connections: s.max_pending_connections,
+        max_pending_per_ip: s.max_pending_per_ip,
+        sndbuf_bytes: s.sndbuf_bytes,
         max_duration_s: s.max_duration_s,
         max_events: s.max_events,
         replay: s.replay.into_inner(),

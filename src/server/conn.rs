@@ -872,6 +872,11 @@ async fn run_stream(guard: ConnGuard, sub: Rc<Subscriber>, topic: Arc<Topic>, st
                 match res {
                     Ok(n) if n > 0 => {
                         batch.advance(n);
+                        if !batch.is_empty() {
+                            // A short write: the socket is full. The rest
+                            // waits for the client without a permit.
+                            w.write_stalled(sub);
+                        }
                     }
                     _ => break 'stream,
                 }

@@ -110,11 +110,19 @@ fn ensure_free(addr: SocketAddr) -> io::Result<()> {
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// A worker's listener. Accepted sockets inherit its send buffer size,
+/// which also turns off the kernel's send-buffer autotuning for them: a
+/// client that stops reading holds at most `sndbuf_bytes` (doubled by the
+/// kernel) of socket memory, and its next write blocks soon, where the
+/// worker sees it (`slow_consumer_s`).
+fn bind(addr: SocketAddr, sndbuf_bytes: usize) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    if sndbuf_bytes > 0 {
+        socket.set_send_buffer_size(sndbuf_bytes)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
@@ -129,13 +137,14 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     // The first listener fixes the port (the config may say port 0); the
     // others join it with SO_REUSEPORT.
     ensure_free(settings.listen).map_err(|e| ServerError::Bind(settings.listen, e))?;
-    let first = bind(settings.listen).map_err(|e| ServerError::Bind(settings.listen, e))?;
+    let first = bind(settings.listen, settings.sndbuf_bytes)
+        .map_err(|e| ServerError::Bind(settings.listen, e))?;
     let addr = first
         .local_addr()
         .map_err(|e| ServerError::Bind(settings.listen, e))?;
     let mut listeners = vec![first];
     for _ in 1..settings.workers {
-        listeners.push(bind(addr).map_err(|e| ServerError::Bind(addr, e))?);
+        listeners.push(bind(addr, settings.sndbuf_bytes).map_err(|e| ServerError::Bind(addr, e))?);
     }
 
     let hub = Arc::new(Hub::new(settings.clone()));
@@ -291,6 +300,7 @@ async fn worker_main(
     let w = Rc::new(Worker::new(id, hub, keys));
     monoio::spawn(worker::fanout_loop(w.clone()));
     monoio::spawn(worker::tick_loop(w.clone()));
+    monoio::spawn(worker::reap_loop(w.clone()));
     monoio::spawn(accept_loop(w.clone(), listener));
     w.hub.workers_up.fetch_add(1, Ordering::Relaxed);
     let _ = events.send(WorkerEvent::Up);

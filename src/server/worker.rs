@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,6 +58,13 @@ pub const WRITE_PERMITS: usize = 32;
 /// raw p99 475 / 58–67 ms with coalesced p99 up to 7 s; 2 gave raw p99 57 ms
 /// and coalesced p99 0.8 s / 2.4 s, every frame delivered.
 pub const BULK_TURN: u32 = 2;
+/// How often, while streams wait for a write permit, the worker looks for
+/// permits held by writes that cannot progress (a socket whose buffer is
+/// full: a client that stopped reading). A write that still holds its
+/// permit after a whole interval gives it back and goes on without one.
+pub const PERMIT_STALL: Duration = Duration::from_millis(5);
+/// `write_since` of a stream with no write in flight.
+const NOT_WRITING: u32 = u32::MAX;
 /// Slots of the timer wheel (must exceed the largest heartbeat_s, 30).
 const WHEEL_SLOTS: usize = 64;
 
@@ -91,6 +98,12 @@ pub struct Subscriber {
     /// Waiting in the worker's permit queue, or writing: the fan-out need
     /// not wake it (it looks at its queue when the write ends).
     busy: Cell<bool>,
+    /// The permit reaper's epoch when this stream took its permit.
+    permit_epoch: Cell<u32>,
+    /// Worker tick at which its current write began (`NOT_WRITING`: none).
+    /// A write still in flight `slow_consumer_s` later means the socket has
+    /// not drained for that long.
+    write_since: Cell<u32>,
     /// The key whose `max_connections` this stream counts against.
     pub key: Option<usize>,
     /// A raw-tier stream: waits for write permits ahead of coalesced ones.
@@ -122,6 +135,8 @@ impl Subscriber {
             heartbeat_s,
             permit: Cell::new(false),
             busy: Cell::new(false),
+            permit_epoch: Cell::new(0),
+            write_since: Cell::new(NOT_WRITING),
             key,
             urgent,
         }
@@ -260,6 +275,16 @@ pub struct Worker {
     /// its subscribers at once; raw frames must not wait behind that burst.
     permit_queues: [RefCell<VecDeque<Rc<Subscriber>>>; 2],
     release_count: Cell<u32>,
+    /// Streams holding a write permit (at most `WRITE_PERMITS`).
+    holders: RefCell<Vec<Rc<Subscriber>>>,
+    /// Streams whose write is blocked on a full socket, without a permit;
+    /// closed as slow consumers after `slow_consumer_s`.
+    stalled: RefCell<Vec<Rc<Subscriber>>>,
+    /// Runs of the permit reaper; the reaper runs only while streams wait.
+    reap_epoch: Cell<u32>,
+    reaper_running: Cell<bool>,
+    /// The reaper task's waker while it sleeps (nobody waits for a permit).
+    reaper_waker: Cell<Option<Waker>>,
     /// Empty write batches, kept for the next writer. Boxed: the box is
     /// what a write hands to the kernel and gets back, so the pool keeps it.
     #[allow(clippy::vec_box)]
@@ -293,6 +318,11 @@ impl Worker {
             permits: Cell::new(WRITE_PERMITS),
             permit_queues: [RefCell::new(VecDeque::new()), RefCell::new(VecDeque::new())],
             release_count: Cell::new(0),
+            holders: RefCell::new(Vec::with_capacity(WRITE_PERMITS)),
+            stalled: RefCell::new(Vec::new()),
+            reap_epoch: Cell::new(0),
+            reaper_running: Cell::new(false),
+            reaper_waker: Cell::new(None),
             batches: RefCell::new(Vec::new()),
         }
     }
@@ -329,15 +359,23 @@ impl Worker {
 
     /// Takes a free permit for `sub` unless someone of its class or a more
     /// urgent one is already waiting.
-    fn take_free_permit(&self, sub: &Subscriber) -> bool {
+    fn take_free_permit(&self, sub: &Rc<Subscriber>) -> bool {
         let free = self.permits.get() > 0
             && self.permit_queues[0].borrow().is_empty()
             && (sub.urgent || self.permit_queues[1].borrow().is_empty());
         if free {
             self.permits.set(self.permits.get() - 1);
-            sub.permit.set(true);
+            self.grant(sub);
         }
         free
+    }
+
+    /// Gives `sub` a permit (taken from the pool or passed on).
+    fn grant(&self, sub: &Rc<Subscriber>) {
+        sub.permit.set(true);
+        sub.write_since.set(self.now.get());
+        sub.permit_epoch.set(self.reap_epoch.get());
+        self.holders.borrow_mut().push(sub.clone());
     }
 
     fn wait_for_permit(&self, sub: &Rc<Subscriber>) {
@@ -345,6 +383,11 @@ impl Worker {
         self.permit_queues[class]
             .borrow_mut()
             .push_back(sub.clone());
+        if !self.reaper_running.replace(true)
+            && let Some(waker) = self.reaper_waker.take()
+        {
+            waker.wake();
+        }
     }
 
     /// After the fan-out queued a frame on `sub`: hands it a write permit
@@ -367,9 +410,35 @@ impl Worker {
     /// tier first.
     pub fn release_write(&self, sub: &Subscriber) {
         sub.busy.set(false);
-        if !sub.permit.replace(false) {
-            return;
+        sub.write_since.set(NOT_WRITING);
+        if sub.permit.replace(false) {
+            self.drop_holder(sub);
+            self.pass_permit();
         }
+    }
+
+    /// `sub`'s write went short: its socket is full, so the rest of the
+    /// batch waits for the client to read. It goes on without a permit.
+    pub fn write_stalled(&self, sub: &Rc<Subscriber>) {
+        if sub.write_since.get() == NOT_WRITING {
+            sub.write_since.set(self.now.get());
+        }
+        if sub.permit.replace(false) {
+            self.drop_holder(sub);
+            self.stalled.borrow_mut().push(sub.clone());
+            self.pass_permit();
+        }
+    }
+
+    fn drop_holder(&self, sub: &Subscriber) {
+        let mut holders = self.holders.borrow_mut();
+        if let Some(i) = holders.iter().position(|h| std::ptr::eq(&**h, sub)) {
+            holders.swap_remove(i);
+        }
+    }
+
+    /// Hands a free permit to the first live waiter, else back to the pool.
+    fn pass_permit(&self) {
         // Every BULK_TURN-th permit goes to a coalesced stream even while
         // raw ones wait, so that an overloaded worker slows the raw tier
         // (whose frames then batch) rather than starving coalesced ones.
@@ -381,16 +450,46 @@ impl Worker {
             [0, 1]
         };
         for class in order {
-            let mut q = self.permit_queues[class].borrow_mut();
-            while let Some(next) = q.pop_front() {
-                if next.state.get() != SubState::Closed {
-                    next.permit.set(true);
-                    next.wake();
-                    return;
+            let next = {
+                let mut q = self.permit_queues[class].borrow_mut();
+                loop {
+                    match q.pop_front() {
+                        Some(n) if n.state.get() == SubState::Closed => continue,
+                        other => break other,
+                    }
                 }
+            };
+            if let Some(next) = next {
+                self.grant(&next);
+                next.wake();
+                return;
             }
         }
         self.permits.set(self.permits.get() + 1);
+    }
+
+    /// One run of the permit reaper: a holder that took its permit before
+    /// the previous run has been writing for a whole `PERMIT_STALL` while
+    /// others wait; its socket is full, so its permit goes to a waiter.
+    /// False when nobody waits any more (the reaper stops).
+    fn reap_stalled_permits(&self) -> bool {
+        let epoch = self.reap_epoch.get().wrapping_add(1);
+        self.reap_epoch.set(epoch);
+        if self.permit_queues.iter().all(|q| q.borrow().is_empty()) {
+            return false;
+        }
+        loop {
+            let stuck = self
+                .holders
+                .borrow()
+                .iter()
+                .find(|h| epoch.wrapping_sub(h.permit_epoch.get()) >= 2)
+                .cloned();
+            match stuck {
+                Some(h) => self.write_stalled(&h),
+                None => return true,
+            }
+        }
     }
 
     pub fn now(&self) -> u32 {
@@ -633,8 +732,49 @@ impl Worker {
         }
         drop(wheel);
 
+        self.close_stalled(now);
         self.sweep_groups();
         self.counters.flush(self.streams.get());
+    }
+
+    /// Closes streams whose socket has not drained for `slow_consumer_s`:
+    /// a write (with a permit, or stalled without one) still in flight that
+    /// long after it began. At least that long: a write that began mid-tick
+    /// gets one tick more. Their socket is full, so no closing frame could
+    /// reach them; the close is counted as a slow consumer.
+    fn close_stalled(&self, now: u32) {
+        let limit = self.settings.slow_consumer_s;
+        let overdue = |sub: &Subscriber| {
+            let since = sub.write_since.get();
+            since != NOT_WRITING && now.saturating_sub(since) > limit
+        };
+        let abort = |sub: &Subscriber| {
+            if sub.state.get() != SubState::Abort {
+                sub.state.set(SubState::Abort);
+                sub.wake();
+                self.counters
+                    .slow_consumers
+                    .set(self.counters.slow_consumers.get() + 1);
+            }
+        };
+        for h in self.holders.borrow().iter() {
+            if overdue(h) {
+                abort(h);
+            }
+        }
+        self.stalled.borrow_mut().retain(|sub| {
+            if sub.state.get() == SubState::Closed || sub.permit.get() {
+                return false;
+            }
+            if sub.write_since.get() == NOT_WRITING {
+                return false;
+            }
+            if overdue(sub) {
+                abort(sub);
+                return false;
+            }
+            true
+        });
     }
 
     /// Drops closed members of idle groups, and groups left empty.
@@ -687,6 +827,29 @@ impl Worker {
 pub fn jittered_retry(retry_ms: u32) -> u32 {
     let spread = retry_ms / 4;
     retry_ms - spread + fastrand::u32(0..=spread * 2)
+}
+
+/// Takes permits back from writes that cannot progress, every
+/// `PERMIT_STALL` for as long as streams wait for one; sleeps otherwise.
+pub async fn reap_loop(w: Rc<Worker>) {
+    loop {
+        poll_fn(|cx| {
+            if w.reaper_running.get() {
+                Poll::Ready(())
+            } else {
+                w.reaper_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        loop {
+            monoio::time::sleep(PERMIT_STALL).await;
+            if !w.reap_stalled_permits() {
+                w.reaper_running.set(false);
+                break;
+            }
+        }
+    }
 }
 
 /// Fans out whenever the hub queues a topic for this worker.
@@ -909,6 +1072,46 @@ mod tests {
         }
         // raw first, but every second permit is a coalesced turn
         assert_eq!(order, vec![1, 0, 3, 2]);
+    }
+
+    #[test]
+    fn permits_held_by_writes_that_cannot_progress_go_to_waiters() {
+        let (w, _) = worker("");
+        let sub = || Rc::new(Subscriber::new(0, 15, 0, None, true));
+        let stuck: Vec<_> = (0..WRITE_PERMITS).map(|_| sub()).collect();
+        for s in &stuck {
+            assert!(w.acquire_write(s));
+        }
+        let waiter = sub();
+        assert!(!w.acquire_write(&waiter));
+        // A holder keeps its permit through the reaper run after it took it
+        // (its write may have just begun) ...
+        assert!(w.reap_stalled_permits());
+        assert!(!waiter.permit.get());
+        // ... and gives it back after a whole interval without finishing.
+        assert!(w.reap_stalled_permits());
+        assert!(waiter.permit.get(), "the waiter got a permit");
+        assert!(stuck.iter().all(|s| !s.permit.get()));
+        // A stalled write that ends gives nothing back twice.
+        for s in &stuck {
+            w.release_write(s);
+        }
+        w.release_write(&waiter);
+        assert_eq!(w.permits.get(), WRITE_PERMITS);
+        // Nobody waits: the reaper stops.
+        assert!(!w.reap_stalled_permits());
+    }
+
+    #[test]
+    fn a_write_in_flight_past_slow_consumer_s_is_aborted() {
+        let (w, _) = worker("slow_consumer_s = 2");
+        let s = Rc::new(Subscriber::new(0, 15, 0, None, true));
+        assert!(w.acquire_write(&s)); // its write begins at tick 0
+        w.tick(); // 1
+        w.tick(); // 2: not yet a whole 2 s for a write that began mid-tick
+        assert_eq!(s.state(), SubState::Open);
+        w.tick(); // 3
+        assert_eq!(s.state(), SubState::Abort);
     }
 
     #[test]
