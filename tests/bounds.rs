@@ -91,3 +91,103 @@ fn a_stream_whose_socket_never_drains_is_closed_after_slow_consumer_s_on_a_quiet
         drop(stuck);
     }
 }
+
+/// A connection from `from` (a loopback address) that sends nothing.
+fn idle_from(from: &str, to: SocketAddr) -> Socket {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&local.into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s
+}
+
+/// What the server sent before it closed (empty: closed without a word).
+fn read_until_close(s: &Socket) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut out = Vec::new();
+    let mut r: &Socket = s;
+    r.read_to_end(&mut out).expect("the server closed it");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn idle_sockets_from_one_address_lock_out_no_one_else() {
+    // The idle host could hold every connection the node allows without
+    // the per-address cap on unfinished requests.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let cfg = config(
+        "max_connections = 1000\nmax_pending_per_ip = 64\nheader_timeout_s = 600\nkeepalive_timeout_s = 600",
+        "",
+    );
+    let s = Server::start(&cfg);
+    let idle: Vec<Socket> = (0..2000).map(|_| idle_from("127.0.0.2", s.addr)).collect();
+    // Past its 64, the idle host is answered 503 and closed.
+    let refused = read_until_close(&idle[1999]);
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert!(refused.contains(r#""code":"unavailable""#), "{refused}");
+    eventually("the refused sockets to be closed", || {
+        healthz(&s)["connections"]
+            .as_u64()
+            .is_some_and(|n| n <= 64 + 1)
+    });
+    // Another client still gets a stream and a publish through.
+    let mut c = s.subscribe("/v1/sse/through", &[]);
+    c.start();
+    let id = s.publish("through", r#"{"ok":true}"#);
+    assert_eq!(c.next_event().unwrap().id, Some(id));
+    drop(idle);
+}
+
+#[test]
+fn a_request_head_that_never_completes_is_closed_at_header_timeout_s() {
+    for driver in DRIVERS {
+        let s = Server::start_with(
+            &config(
+                "header_timeout_s = 1\nkeepalive_timeout_s = 1\nbody_timeout_s = 1",
+                "",
+            ),
+            driver,
+        );
+        // Nothing at all.
+        let silent = idle_from("127.0.0.1", s.addr);
+        // Half a head.
+        let half = idle_from("127.0.0.1", s.addr);
+        (&half)
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost:")
+            .unwrap();
+        // A head, then half a body.
+        let body = idle_from("127.0.0.1", s.addr);
+        (&body)
+            .write_all(
+                b"POST /v1/publish/t HTTP/1.1\r\nX-API-Key: pk_test\r\nContent-Length: 10\r\n\r\n{\"a\"",
+            )
+            .unwrap();
+        // One request answered, then idle on keep-alive.
+        let kept = idle_from("127.0.0.1", s.addr);
+        (&kept)
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap();
+        for (what, sock) in [
+            ("silent", &silent),
+            ("half head", &half),
+            ("half body", &body),
+        ] {
+            assert_eq!(
+                read_until_close(sock),
+                "",
+                "{what}: closed without an answer"
+            );
+        }
+        let answered = read_until_close(&kept);
+        assert!(answered.starts_with("HTTP/1.1 200 "), "{answered}");
+        assert_eq!(answered.matches("HTTP/1.1").count(), 1, "{answered}");
+        // Streams are not requests: they outlive the deadlines.
+        let mut c = s.subscribe("/v1/sse/long", &[]);
+        c.start();
+        let kept_alive = idle_from("127.0.0.1", s.addr);
+        assert_eq!(read_until_close(&kept_alive), "", "idle past the deadline");
+        let id = s.publish("long", r#"{"n":1}"#);
+        assert_eq!(c.next_event().unwrap().id, Some(id));
+    }
+}

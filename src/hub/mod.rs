@@ -578,6 +578,8 @@ pub struct Hub {
     pub connections: AtomicUsize,
     /// Open SSE streams on this node (all workers).
     pub streams: AtomicUsize,
+    /// Connections on this node that are not streams (`server::limits`).
+    pub pending: AtomicUsize,
     /// Workers whose accept loop runs (`/healthz` reports this, not the
     /// configured count). Relaxed: a gauge read by `/healthz` only.
     pub workers_up: AtomicUsize,
@@ -597,6 +599,7 @@ impl Hub {
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
             workers_up: AtomicUsize::new(0),
             key_streams: (0..settings.keys.len())
                 .map(|_| AtomicU32::new(0))

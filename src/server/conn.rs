@@ -14,6 +14,7 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, Splitable};
@@ -26,6 +27,7 @@ use crate::hub::{Filter, Start, Topic, TopicError};
 use crate::metrics;
 use crate::server::chunked::{ChunkError, ChunkedDecoder, Progress};
 use crate::server::http::{self, HttpError, Method, Request};
+use crate::server::limits::PendingSlot;
 use crate::server::worker::{SubState, Subscriber, Worker, frame};
 use crate::sources::publish::parse_rows;
 use crate::sse;
@@ -46,13 +48,29 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
+/// Serves one accepted connection until it closes. `pending` counts it as a
+/// connection that is not a stream (`server::limits`) until it becomes one.
+///
+/// Deadlines (config, seconds): a request head must arrive whole within
+/// `header_timeout_s` of the connection, or of its first byte on a
+/// kept-alive connection, which may wait `keepalive_timeout_s` for that
+/// byte; a body within `body_timeout_s` of its head. A connection past a
+/// deadline is closed without an answer (the client has gone quiet).
+pub async fn serve(w: Rc<Worker>, mut stream: TcpStream, pending: PendingSlot) {
     let guard = ConnGuard(w.clone());
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_READ_BYTES);
+    let header_timeout = Duration::from_secs(w.settings.header_timeout_s.into());
+    let mut first = true;
     loop {
         // Read one request head.
+        let mut deadline = Instant::now()
+            + if first || !buf.is_empty() {
+                header_timeout
+            } else {
+                Duration::from_secs(w.settings.keepalive_timeout_s.into())
+            };
+        first = false;
         let req = loop {
             match http::parse(&buf) {
                 Ok(Some(req)) => break req,
@@ -67,9 +85,18 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
                     return;
                 }
             }
-            match read_more(&mut stream, buf, http::MAX_HEAD_BYTES).await {
-                Some(b) => buf = b,
-                None => return,
+            let idle = buf.is_empty();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(left, read_more(&mut stream, buf, http::MAX_HEAD_BYTES))
+                .await
+            {
+                Ok(Some(b)) => buf = b,
+                Ok(None) | Err(_) => return,
+            }
+            if idle {
+                // The first byte of a request on a kept-alive connection:
+                // the head now has `header_timeout_s`.
+                deadline = deadline.min(Instant::now() + header_timeout);
             }
         };
         let keep_alive = req.keep_alive && !w.is_draining();
@@ -100,6 +127,7 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
                 return;
             }
             drop(buf);
+            drop(pending);
             stream_sse(w, stream, req, target, guard).await;
             return;
         }
@@ -131,9 +159,12 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
             {
                 return;
             }
-            match read_body(&w, &mut stream, &mut buf, &req).await {
-                Some(b) => b,
-                None => return,
+            let body_timeout = Duration::from_secs(w.settings.body_timeout_s.into());
+            match monoio::time::timeout(body_timeout, read_body(&w, &mut stream, &mut buf, &req))
+                .await
+            {
+                Ok(Some(b)) => b,
+                Ok(None) | Err(_) => return,
             }
         } else {
             buf.drain(..req.head_len);
@@ -917,18 +948,10 @@ mod tests {
             let w = Rc::new(Worker::new(0, hub, keys));
             let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
-            let c = TcpStream::connect(addr).await.unwrap();
             let sub = Rc::new(Subscriber::new(0, 15, 0, None, true));
-            eprintln!(
-                "serve future: {}",
-                std::mem::size_of_val(&serve(w.clone(), c))
-            );
-            eprintln!("subscriber: {}", std::mem::size_of::<Subscriber>());
-            eprintln!("request: {}", std::mem::size_of::<Request>());
             let c = TcpStream::connect(addr).await.unwrap();
             let topic = w.hub.topic("t").unwrap();
             let stream = run_stream(ConnGuard(w.clone()), sub, topic, c);
-            eprintln!("run_stream future: {}", std::mem::size_of_val(&stream));
             // what run_stream's task holds for as long as the stream lives
             assert!(
                 std::mem::size_of_val(&stream) <= 448,

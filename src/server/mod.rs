@@ -10,6 +10,7 @@ pub mod chunked;
 pub mod conn;
 pub mod http;
 pub mod iovec;
+pub mod limits;
 pub mod worker;
 
 use std::io;
@@ -318,12 +319,19 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 let n = w.hub.connections.fetch_add(1, Ordering::Relaxed);
                 if n >= w.settings.max_connections {
                     monoio::spawn(refuse(w.clone(), stream, "node is at its connection limit"));
                 } else {
-                    monoio::spawn(conn::serve(w.clone(), stream));
+                    match limits::PendingSlot::take(&w, peer.ip()) {
+                        Ok(slot) => {
+                            monoio::spawn(conn::serve(w.clone(), stream, slot));
+                        }
+                        Err(why) => {
+                            monoio::spawn(refuse(w.clone(), stream, why.message()));
+                        }
+                    }
                 }
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {

@@ -285,6 +285,8 @@ pub struct Worker {
     reaper_running: Cell<bool>,
     /// The reaper task's waker while it sleeps (nobody waits for a permit).
     reaper_waker: Cell<Option<Waker>>,
+    /// This worker's connections that are not streams, by address.
+    pub pending_by_ip: crate::server::limits::PendingByIp,
     /// Empty write batches, kept for the next writer. Boxed: the box is
     /// what a write hands to the kernel and gets back, so the pool keeps it.
     #[allow(clippy::vec_box)]
@@ -323,6 +325,7 @@ impl Worker {
             reap_epoch: Cell::new(0),
             reaper_running: Cell::new(false),
             reaper_waker: Cell::new(None),
+            pending_by_ip: Default::default(),
             batches: RefCell::new(Vec::new()),
         }
     }
