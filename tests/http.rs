@@ -169,6 +169,35 @@ fn publish_bodies_object_array_ndjson_chunked() {
 }
 
 #[test]
+fn rows_whose_composite_keys_hold_the_separator_never_merge() {
+    let topics = "[[topics]]\npattern = \"kk/*\"\nkey = [\"a\", \"b\"]\n";
+    let s = Server::start(&config("", topics));
+    // Joined with U+001F these two keys were both "x\u{1f}y\u{1f}z": the
+    // second row replaced the first.
+    s.publish("kk/sep", r#"{"a":"x\u001fy","b":"z","v":1}"#);
+    s.publish("kk/sep", r#"{"a":"x","b":"y\u001fz","v":2}"#);
+    // A row with the same texts replaces its key's row: the number 7 and
+    // the string "7" are one key value, as they are one filter value.
+    s.publish(
+        "kk/sep",
+        r#"[{"a":7,"b":"q","v":3},{"a":"7","b":"q","v":4}]"#,
+    );
+    let expected = serde_json::json!([
+        {"a":"x\u{1f}y","b":"z","v":1},
+        {"a":"x","b":"y\u{1f}z","v":2},
+        {"a":"7","b":"q","v":4},
+    ]);
+    let (st, _, snap) = s.request("GET", "/v1/snapshot/kk/sep", &[], b"");
+    assert_eq!(st, 200, "{snap}");
+    let v: serde_json::Value = serde_json::from_str(&snap).unwrap();
+    assert_eq!(v["count"], 3, "{snap}");
+    assert_eq!(v["data"], expected, "{snap}");
+    let mut c = s.subscribe("/v1/sse/kk/sep", &[]);
+    let (_, init) = c.start();
+    assert_eq!(init.json()["data"], expected, "{}", init.raw);
+}
+
+#[test]
 fn oversized_body_is_413() {
     let s = Server::start(&config("max_body_bytes = 100", ""));
     let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));

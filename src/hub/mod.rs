@@ -17,6 +17,7 @@
 pub mod coalesce;
 pub mod filter;
 pub mod ring;
+pub mod row_key;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -51,7 +52,7 @@ pub fn topic_name_is_valid(name: &str) -> bool {
 }
 
 /// One published row: its compact JSON, its state-table key if the topic
-/// has one, and its values of the topic's filter fields (`None`: the row
+/// has one ([`row_key`]: its key fields' texts, injectively encoded), and its values of the topic's filter fields (`None`: the row
 /// lacks that field and no filter on it lets the row through).
 #[derive(Debug, Clone)]
 pub struct Row {

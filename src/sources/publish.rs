@@ -1,6 +1,7 @@
 //! Publish bodies (SPEC §3 `POST /v1/publish`): one JSON object, a JSON array
 //! of objects, or NDJSON, parsed once with simd-json into [`Row`]s holding
-//! each row's compact JSON bytes and its state-table key.
+//! each row's compact JSON bytes and its state-table key (its key fields'
+//! texts, encoded by [`row_key`] so that distinct tuples never share a key).
 //!
 //! All or nothing: any invalid row rejects the whole body. Runs once per
 //! publish, never per connection. The demo feed publishes through here too.
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 
-use crate::hub::Row;
+use crate::hub::{Row, row_key};
 
 /// Most rows one publish may carry.
 pub const MAX_ROWS_PER_PUBLISH: usize = 100_000;
@@ -111,14 +112,14 @@ fn push_row(
         None
     } else {
         let mut key = String::new();
-        for (i, field) in key_fields.iter().enumerate() {
+        for field in key_fields {
             let value = obj
                 .get(field.as_str())
                 .ok_or_else(|| PublishError::MissingKey(n, field.clone()))?;
-            if i > 0 {
-                key.push('\u{1f}');
+            match value.as_str() {
+                Some(s) => row_key::push_field(&mut key, s),
+                None => row_key::push_field(&mut key, &value.encode()),
             }
-            field_text(&mut key, value);
         }
         Some(key.into_boxed_str())
     };
@@ -158,13 +159,41 @@ mod tests {
         let mut b = br#"[{"id":"x","v":1},{"id":7,"v":2}]"#.to_vec();
         let rows = parse_rows(&mut b, false, &keys(&["id"]), &[]).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].key.as_deref(), Some("x"));
-        assert_eq!(rows[1].key.as_deref(), Some("7"));
+        assert_eq!(rows[0].key.as_deref(), Some("1:x"));
+        assert_eq!(rows[1].key.as_deref(), Some("1:7"));
 
         let mut b = b"{\"a\":1}\n\n{\"a\":2}\r\n".to_vec();
         let rows = parse_rows(&mut b, true, &[], &[]).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(&rows[1].json[..], br#"{"a":2}"#);
+    }
+
+    #[test]
+    fn composite_keys_holding_the_old_separator_stay_distinct() {
+        let k = keys(&["a", "b"]);
+        let mut b = br#"[{"a":"x\u001fy","b":"z"},{"a":"x","b":"y\u001fz"},{"a":"x\u001fy\u001fz","b":""}]"#
+            .to_vec();
+        let rows = parse_rows(&mut b, false, &k, &[]).unwrap();
+        let got: Vec<&str> = rows.iter().map(|r| r.key.as_deref().unwrap()).collect();
+        assert_eq!(
+            got,
+            ["3:x\u{1f}y1:z", "1:x3:y\u{1f}z", "5:x\u{1f}y\u{1f}z0:"]
+        );
+        for r in &rows {
+            assert!(row_key::decode(r.key.as_deref().unwrap()).is_some());
+        }
+    }
+
+    #[test]
+    fn a_key_field_is_its_text_so_a_string_and_a_number_can_be_one_key() {
+        let k = keys(&["a", "b"]);
+        let mut b = br#"[{"a":1,"b":"q"},{"a":"1","b":"q"},{"a":1.0,"b":"q"},{"a":true,"b":"q"},{"a":"true","b":"q"}]"#.to_vec();
+        let rows = parse_rows(&mut b, false, &k, &[]).unwrap();
+        let got: Vec<&str> = rows.iter().map(|r| r.key.as_deref().unwrap()).collect();
+        assert_eq!(
+            got,
+            ["1:11:q", "1:11:q", "3:1.01:q", "4:true1:q", "4:true1:q"]
+        );
     }
 
     #[test]
