@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -160,6 +161,45 @@ fn timeout_frame_at_max_duration_then_close() {
         assert_eq!(
             rest[0].raw,
             "event: timeout\ndata: {\"type\":\"timeout\",\"max_duration_s\":1}\n\n"
+        );
+    }
+}
+
+/// Lower bounds only, measured from a client-side instant that precedes
+/// what the server counts from (the request, the publish): a stream that
+/// started mid-second used to get its timeout and heartbeats up to a second
+/// early.
+#[test]
+fn timeout_and_heartbeats_never_come_early() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("max_duration_s = 3", ""), driver);
+        let asked = Instant::now();
+        let mut c = s.subscribe("/v1/sse/early?heartbeat_s=1", &[]);
+        c.start();
+        let hb = c.next().unwrap();
+        assert!(hb.raw.starts_with(": heartbeat "), "{}", hb.raw);
+        let silent = asked.elapsed();
+        assert!(
+            silent >= Duration::from_secs(1),
+            "first heartbeat after {silent:?} of silence"
+        );
+        let published = Instant::now();
+        s.publish("early", "{}");
+        assert_eq!(c.next().unwrap().event(), "update");
+        let hb = c.next().unwrap();
+        assert!(hb.raw.starts_with(": heartbeat "), "{}", hb.raw);
+        let silent = published.elapsed();
+        assert!(
+            silent >= Duration::from_secs(1),
+            "heartbeat {silent:?} after the update"
+        );
+        let rest = c.rest();
+        let timeout = rest.last().expect("a timeout frame");
+        assert_eq!(timeout.event(), "timeout", "{rest:?}");
+        let lasted = asked.elapsed();
+        assert!(
+            lasted >= Duration::from_secs(3),
+            "timed out after {lasted:?}"
         );
     }
 }
