@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::auth::{KeySecret, Role};
+use crate::hub::filter::Value;
 use crate::hub::topic_name_is_valid;
 
 /// The built-in demo configuration (`sluice serve` without `--config`).
@@ -239,15 +240,22 @@ struct RawSource {
 /// Which origins get CORS headers.
 #[derive(Debug, Clone)]
 pub enum Cors {
+    /// `cors_origins` holds `"*"`: every origin, answered with a literal `*`.
     Any,
+    /// Only these origins, compared whole and byte for byte (so
+    /// `https://a.example` allows neither `https://a.example.evil.com` nor
+    /// `http://a.example`); an allowed origin is echoed.
     List(Vec<String>),
 }
 
 impl Cors {
-    /// The `Access-Control-Allow-Origin` value for a request's `Origin`, if allowed.
+    /// The `Access-Control-Allow-Origin` value for a request's `Origin`, if
+    /// allowed: `*` when any origin is, else the origin itself when it is
+    /// one of the list. A request's `Origin` is never echoed unless the list
+    /// names it.
     pub fn allow<'a>(&self, origin: &'a str) -> Option<&'a str> {
         match self {
-            Cors::Any => Some(origin),
+            Cors::Any => Some("*"),
             Cors::List(list) => list.iter().any(|o| o == origin).then_some(origin),
         }
     }
@@ -339,8 +347,57 @@ pub enum Part {
 pub struct Route {
     pub path: Vec<Part>,
     pub topic: Vec<Part>,
-    /// row field → comma-separated values (a template)
-    pub fixed: Vec<(String, Vec<Part>)>,
+    /// row field → its accepted values (the config's comma-separated list)
+    pub fixed: Vec<(String, Vec<MatchValue>)>,
+}
+
+/// One value of a route's `match`: a template, matched exactly or, when the
+/// config wrote it ending in `*`, as a prefix. Only the config's own text
+/// splits values at `,` and makes prefixes: a variable's text from the
+/// request is one literal piece of one value, so `/sse/a,b` or `/sse/*` for
+/// `match = { slug = "{game}" }` asks for the slug `a,b` or `*` and cannot
+/// widen the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchValue {
+    pub parts: Vec<Part>,
+    pub prefix: bool,
+}
+
+impl MatchValue {
+    /// The filter value for one request; `Err` names the first variable
+    /// that `lookup` lacks.
+    pub fn fill<'p, 'v>(
+        &'p self,
+        lookup: impl Fn(&str) -> Option<&'v str>,
+    ) -> Result<Value, &'p str> {
+        let text = fill(&self.parts, lookup)?.into_boxed_str();
+        Ok(if self.prefix {
+            Value::Prefix(text)
+        } else {
+            Value::Exact(text)
+        })
+    }
+}
+
+/// A `match` value list: comma-separated templates, each ending in `*` for
+/// a prefix. `None` when a template is malformed or the list is empty.
+pub fn parse_match(s: &str) -> Option<Vec<MatchValue>> {
+    let values = s
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let (v, prefix) = match v.strip_suffix('*') {
+                Some(p) => (p, true),
+                None => (v, false),
+            };
+            Some(MatchValue {
+                parts: parse_template(v)?,
+                prefix,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (!values.is_empty()).then_some(values)
 }
 
 impl Route {
@@ -733,13 +790,13 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         })?;
         let mut fixed = Vec::with_capacity(r.fixed.len());
         for (field, v) in r.fixed {
-            let parts = parse_template(&v).ok_or_else(|| {
+            let values = parse_match(&v).ok_or_else(|| {
                 err(
                     r.topic.span(),
                     format!("route match '{field}': bad template '{v}'"),
                 )
             })?;
-            fixed.push((field, parts));
+            fixed.push((field, values));
         }
         routes.push(Route { path, topic, fixed });
     }
@@ -894,6 +951,115 @@ mod tests {
     fn heartbeat_out_of_range() {
         let e = Settings::from_toml("[server]\nheartbeat_s = 31\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
+    }
+
+    fn route(toml: &str) -> Route {
+        let s = Settings::from_toml(&format!("[[routes]]\n{toml}")).unwrap();
+        s.routes[0].clone()
+    }
+
+    /// The route's `match` values for a path and query.
+    fn match_values(r: &Route, path: &str, query: &[(&str, &str)]) -> Option<Vec<Vec<Value>>> {
+        let vars = r.bind(path)?;
+        let lookup = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .or_else(|| query.iter().find(|(n, _)| *n == name).map(|(_, v)| *v))
+        };
+        r.fixed
+            .iter()
+            .map(|(_, vs)| vs.iter().map(|v| v.fill(lookup)).collect())
+            .collect::<Result<_, _>>()
+            .ok()
+    }
+
+    fn exact(s: &str) -> Value {
+        Value::Exact(s.into())
+    }
+
+    #[test]
+    fn commas_and_stars_in_route_variables_are_literal() {
+        let r = route("path = \"/sse/{game}\"\ntopic = \"games\"\nmatch = { slug = \"{game}\" }");
+        assert_eq!(
+            match_values(&r, "/sse/crash", &[]),
+            Some(vec![vec![exact("crash")]])
+        );
+        assert_eq!(
+            match_values(&r, "/sse/a,b", &[]),
+            Some(vec![vec![exact("a,b")]])
+        );
+        assert_eq!(
+            match_values(&r, "/sse/*", &[]),
+            Some(vec![vec![exact("*")]])
+        );
+        assert_eq!(
+            match_values(&r, "/sse/a*", &[]),
+            Some(vec![vec![exact("a*")]])
+        );
+        assert_eq!(match_values(&r, "/sse/a/b", &[]), None, "one segment");
+
+        // from the query, and inside a prefix the config asks for
+        let r = route(
+            "path = \"/by\"\ntopic = \"t\"\nmatch = { kind = \"game, {k}.*\", slug = \"{s}\" }",
+        );
+        assert_eq!(
+            match_values(&r, "/by", &[("k", "a,b*"), ("s", ", *")]),
+            Some(vec![
+                vec![exact("game"), Value::Prefix("a,b*.".into())],
+                vec![exact(", *")],
+            ])
+        );
+        assert_eq!(match_values(&r, "/by", &[("k", "x")]), None, "s is missing");
+    }
+
+    #[test]
+    fn the_configs_own_match_text_is_a_list_with_prefixes() {
+        assert_eq!(
+            parse_match(" game , alert.* ,, "),
+            Some(vec![
+                MatchValue {
+                    parts: vec![Part::Lit("game".into())],
+                    prefix: false
+                },
+                MatchValue {
+                    parts: vec![Part::Lit("alert.".into())],
+                    prefix: true
+                },
+            ])
+        );
+        assert_eq!(parse_match(" , "), None);
+        assert_eq!(parse_match("{bad name}"), None);
+        let e = Settings::from_toml(
+            "[[routes]]\npath = \"/a\"\ntopic = \"t\"\nmatch = { k = \",\" }\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("route match 'k'"), "{e}");
+    }
+
+    #[test]
+    fn cors_echoes_only_listed_origins_and_answers_star_for_any() {
+        let list = Cors::List(vec!["https://a.example".into()]);
+        assert_eq!(list.allow("https://a.example"), Some("https://a.example"));
+        for other in [
+            "https://a.example.evil.com",
+            "https://evil.example",
+            "http://a.example",
+            "https://a.example:443",
+            "https://a.example/",
+            "https://A.example",
+            "https://xa.example",
+            "null",
+            "",
+        ] {
+            assert_eq!(list.allow(other), None, "{other}");
+        }
+        assert_eq!(Cors::Any.allow("https://evil.example"), Some("*"));
+        let s = Settings::from_toml("[server]\ncors_origins = [\"https://a.example\", \"*\"]\n")
+            .unwrap();
+        assert!(matches!(s.cors, Cors::Any));
+        let s = Settings::from_toml("[server]\ncors_origins = []\n").unwrap();
+        assert_eq!(s.cors.allow("https://a.example"), None);
     }
 
     #[test]

@@ -348,13 +348,29 @@ fn cors_for_allowed_origins_only() {
         "{}",
         c.head
     );
-    let c = s.subscribe("/v1/sse/cors", &[("Origin", "https://evil.example")]);
-    assert_eq!(c.status, 200);
-    assert!(
-        !c.head.contains("Access-Control-Allow-Origin"),
-        "{}",
-        c.head
-    );
+    assert!(c.head.contains("Vary: Origin"), "{}", c.head);
+    for evil in [
+        "https://evil.example",
+        "https://ok.example.evil.com",
+        "https://evil.com/https://ok.example",
+        "http://ok.example",
+        "https://ok.example:8443",
+        "null",
+    ] {
+        let c = s.subscribe("/v1/sse/cors", &[("Origin", evil)]);
+        assert_eq!(c.status, 200);
+        assert!(
+            !c.head.contains("Access-Control-Allow-Origin"),
+            "{evil}: {}",
+            c.head
+        );
+        let (st, head, _) = s.request("GET", "/v1/snapshot/cors", &[("Origin", evil)], b"");
+        assert_eq!(st, 200);
+        assert!(
+            !head.contains("Access-Control-Allow-Origin"),
+            "{evil}: {head}"
+        );
+    }
 
     let pre = [
         ("Origin", "https://ok.example"),
@@ -374,6 +390,35 @@ fn cors_for_allowed_origins_only() {
         b"",
     );
     assert_eq!((st, error_code(&body).as_str()), (403, "forbidden"));
+}
+
+#[test]
+fn cors_star_answers_star_and_never_echoes_the_origin() {
+    let s = Server::start(&config("cors_origins = [\"*\"]", ""));
+    let origin = ("Origin", "https://anyone.example");
+    let c = s.subscribe("/v1/sse/cors", &[origin]);
+    assert_eq!(c.status, 200);
+    assert!(
+        c.head.contains("Access-Control-Allow-Origin: *\r\n"),
+        "{}",
+        c.head
+    );
+    assert!(!c.head.contains("anyone.example"), "{}", c.head);
+    let pre = [origin, ("Access-Control-Request-Method", "GET")];
+    for (method, path, headers) in [
+        ("GET", "/v1/snapshot/cors", &[origin][..]),
+        ("GET", "/nowhere", &[origin][..]),
+        ("OPTIONS", "/v1/sse/cors", &pre[..]),
+    ] {
+        let (_, head, _) = s.request(method, path, headers, b"");
+        assert!(
+            head.contains("Access-Control-Allow-Origin: *\r\n") && !head.contains("anyone.example"),
+            "{method} {path}: {head}"
+        );
+    }
+    // no Origin, no CORS headers
+    let c = s.subscribe("/v1/sse/cors", &[]);
+    assert!(!c.head.contains("Access-Control"), "{}", c.head);
 }
 
 #[test]

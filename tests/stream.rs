@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -164,6 +165,45 @@ fn timeout_frame_at_max_duration_then_close() {
     }
 }
 
+/// Lower bounds only, measured from a client-side instant that precedes
+/// what the server counts from (the request, the publish): a stream that
+/// started mid-second used to get its timeout and heartbeats up to a second
+/// early.
+#[test]
+fn timeout_and_heartbeats_never_come_early() {
+    for driver in DRIVERS {
+        let s = Server::start_with(&config("max_duration_s = 3", ""), driver);
+        let asked = Instant::now();
+        let mut c = s.subscribe("/v1/sse/early?heartbeat_s=1", &[]);
+        c.start();
+        let hb = c.next().unwrap();
+        assert!(hb.raw.starts_with(": heartbeat "), "{}", hb.raw);
+        let silent = asked.elapsed();
+        assert!(
+            silent >= Duration::from_secs(1),
+            "first heartbeat after {silent:?} of silence"
+        );
+        let published = Instant::now();
+        s.publish("early", "{}");
+        assert_eq!(c.next().unwrap().event(), "update");
+        let hb = c.next().unwrap();
+        assert!(hb.raw.starts_with(": heartbeat "), "{}", hb.raw);
+        let silent = published.elapsed();
+        assert!(
+            silent >= Duration::from_secs(1),
+            "heartbeat {silent:?} after the update"
+        );
+        let rest = c.rest();
+        let timeout = rest.last().expect("a timeout frame");
+        assert_eq!(timeout.event(), "timeout", "{rest:?}");
+        let lasted = asked.elapsed();
+        assert!(
+            lasted >= Duration::from_secs(3),
+            "timed out after {lasted:?}"
+        );
+    }
+}
+
 #[test]
 fn resume_replays_exactly_the_frames_after_last_event_id() {
     for driver in DRIVERS {
@@ -270,6 +310,83 @@ fn drain_tells_every_stream_to_reconnect_with_spread_retries() {
             retries.insert(f.json()["retry_ms"].as_u64().unwrap());
         }
         assert!(retries.len() > 5, "retries are jittered: {retries:?}");
+    }
+}
+
+/// A stream whose client never reads keeps its worker draining for
+/// DRAIN_GRACE_S; the other worker has nothing to wait for. Every new
+/// connection meanwhile, on either worker's listener, must get a whole 503.
+#[test]
+fn while_draining_every_new_connection_on_every_listener_gets_503() {
+    use std::io::{Read, Write};
+    for driver in DRIVERS {
+        let mut s = Server::start_with(&config("", ""), driver);
+        // A subscriber with a tiny receive window that never reads, sent
+        // more than the server's socket can buffer (its send buffer grows up
+        // to tcp_wmem's maximum): its writes block, and it stays open (or
+        // closing, as a slow consumer) until its grace runs out.
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        sock.connect(&s.addr.into()).expect("connect");
+        let mut stuck: std::net::TcpStream = sock.into();
+        stuck
+            .write_all(b"GET /v1/sse/stuck HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        eventually("the stuck stream to open", || {
+            let (_, _, body) = s.request("GET", "/healthz", &[], b"");
+            body.contains("\"streams\":1")
+        });
+        let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(4 << 20);
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(900_000));
+        for _ in 0..(wmem_max + (2 << 20)) / big.len() + 1 {
+            s.publish("stuck", &big);
+        }
+
+        s.signal(15);
+        // The worker without streams has drained; it must keep answering.
+        eventually("a worker to finish draining", || {
+            s.logs().iter().any(|l| l.contains("drained its streams"))
+        });
+        for i in 0..20 {
+            let path = ["/v1/sse/new", "/v1/snapshot/new", "/healthz"][i % 3];
+            let mut c = std::net::TcpStream::connect(s.addr).expect("connect while draining");
+            c.set_read_timeout(Some(WAIT)).unwrap();
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut out = Vec::new();
+            if let Err(e) = c.read_to_end(&mut out) {
+                panic!(
+                    "{driver:?} probe {i} {path}: {e} after {} bytes (sluice running: {})",
+                    out.len(),
+                    s.is_running()
+                );
+            }
+            let (status, head, body) = split_response(&out);
+            assert_eq!(status, 503, "{driver:?} probe {i} {path}: {head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("Content-Length");
+            assert_eq!(body.len(), len, "a whole body: {body:?}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+            if path == "/healthz" {
+                assert_eq!(v["status"], "draining");
+            } else {
+                assert_eq!(v["error"]["code"], "unavailable", "{body}");
+            }
+        }
+        assert!(
+            s.is_running(),
+            "{driver:?}: the stuck stream should hold the drain open"
+        );
+        drop(stuck);
+        let status = s.wait_exit();
+        assert!(status.success(), "{driver:?}: {status:?}");
     }
 }
 

@@ -90,6 +90,16 @@ topic = "feed/main"
 match = { type = "alert.*" }
 
 [[routes]]
+path = "/games/{game}"
+topic = "feed/games"
+match = { type = "{game}" }
+
+[[routes]]
+path = "/bytype"
+topic = "feed/games"
+match = { type = "{t}" }
+
+[[routes]]
 path = "/{name}"
 topic = "feed/{name}"
 "#;
@@ -377,6 +387,48 @@ fn routes_map_url_layouts_and_their_match_cannot_be_widened() {
     );
     let (_, init) = c.start();
     assert_eq!(rows(&init), vec![serde_json::json!({"type":"alert.smoke"})]);
+}
+
+#[test]
+fn commas_and_stars_in_a_route_variable_cannot_widen_its_match() {
+    let s = start();
+    publish(
+        &s,
+        "feed/games",
+        r#"[{"type":"a"},{"type":"b"},{"type":"a,b"},{"type":"*"},{"type":"ab"}]"#,
+    );
+    let types = |path: &str| -> Vec<String> {
+        let mut c = s.subscribe(path, &key("k_scale"));
+        let (_, init) = c.start();
+        rows(&init)
+            .iter()
+            .map(|r| r["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let none: Vec<String> = Vec::new();
+    // a path variable, plain and percent-encoded
+    assert_eq!(types("/games/a"), ["a"]);
+    assert_eq!(types("/games/a,b"), ["a,b"], "a comma adds no value");
+    assert_eq!(types("/games/a%2Cb"), ["a,b"]);
+    assert_eq!(types("/games/*"), ["*"], "a star is no prefix");
+    assert_eq!(types("/games/a*"), none);
+    assert_eq!(types("/games/%2A"), ["*"]);
+    // a query variable
+    assert_eq!(types("/bytype?t=b"), ["b"]);
+    assert_eq!(types("/bytype?t=a,b"), ["a,b"]);
+    assert_eq!(types("/bytype?t=*"), ["*"]);
+    assert_eq!(types("/bytype?t=a%2C*"), none);
+    let c = s.subscribe("/bytype?t=", &key("k_scale"));
+    assert_eq!(c.status, 400, "an empty variable is missing");
+
+    // live updates too: only the literal value passes
+    let mut c = s.subscribe("/games/*", &key("k_scale"));
+    c.start();
+    publish(&s, "feed/games", r#"[{"type":"a"},{"type":"z"}]"#);
+    let id = publish(&s, "feed/games", r#"[{"type":"b"},{"type":"*","n":1}]"#);
+    let f = c.next_event().unwrap();
+    assert_eq!(f.id.as_deref(), Some(id.as_str()), "{}", f.raw);
+    assert_eq!(rows(&f), vec![serde_json::json!({"type":"*","n":1})]);
 }
 
 #[test]

@@ -24,6 +24,12 @@ pub enum Value {
 }
 
 impl Value {
+    fn text(&self) -> &str {
+        match self {
+            Value::Exact(t) | Value::Prefix(t) => t,
+        }
+    }
+
     fn matches(&self, v: &str) -> bool {
         match self {
             Value::Exact(e) => **e == *v,
@@ -73,8 +79,23 @@ impl Clause {
                 None => Value::Exact(v.into()),
             });
         }
+        Clause::new(field, values)
+    }
+
+    /// A clause of values taken as they are (a route's `match`, whose
+    /// request-given text must not split or turn into a prefix).
+    pub fn new(field: usize, mut values: Vec<Value>) -> Result<Clause, FilterError> {
         if values.is_empty() {
             return Err(FilterError::Empty);
+        }
+        if values.len() > MAX_FILTER_VALUES {
+            return Err(FilterError::TooMany);
+        }
+        if values
+            .iter()
+            .any(|v| v.text().len() > MAX_FILTER_VALUE_BYTES)
+        {
+            return Err(FilterError::TooLong);
         }
         values.sort();
         values.dedup();
@@ -176,6 +197,29 @@ mod tests {
         .unwrap();
         assert!(f.passes(&fields(&[Some("alert.fire")])));
         assert!(!f.passes(&fields(&[Some("alert.smoke")])));
+    }
+
+    #[test]
+    fn values_taken_as_they_are_match_only_themselves() {
+        let f = Filter::new(vec![
+            Clause::new(
+                0,
+                vec![Value::Exact("a,b".into()), Value::Exact("*".into())],
+            )
+            .unwrap(),
+        ])
+        .unwrap();
+        assert!(f.passes(&fields(&[Some("a,b")])));
+        assert!(f.passes(&fields(&[Some("*")])));
+        for other in ["a", "b", "", "x"] {
+            assert!(!f.passes(&fields(&[Some(other)])), "{other}");
+        }
+        assert_eq!(Clause::new(0, vec![]).unwrap_err(), FilterError::Empty);
+        let long = Value::Exact("x".repeat(MAX_FILTER_VALUE_BYTES + 1).into());
+        assert_eq!(
+            Clause::new(0, vec![long]).unwrap_err(),
+            FilterError::TooLong
+        );
     }
 
     #[test]

@@ -574,6 +574,9 @@ pub struct Hub {
     /// Per cadence: topics with changes waiting for the cadence's tick.
     flush_queues: Box<[SegQueue<Arc<Topic>>]>,
     draining: AtomicBool,
+    /// Workers that have not finished draining (or not yet started to).
+    /// Every worker keeps answering on its listener until this is zero.
+    workers_busy: AtomicUsize,
     /// Open client connections on this node (all workers).
     pub connections: AtomicUsize,
     /// Open SSE streams on this node (all workers).
@@ -597,6 +600,7 @@ impl Hub {
             inboxes,
             flush_queues,
             draining: AtomicBool::new(false),
+            workers_busy: AtomicUsize::new(settings.workers),
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
@@ -739,6 +743,19 @@ impl Hub {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Worker done: its streams are gone (or its grace ran out), or it
+    /// failed or ended. Each worker calls it exactly once.
+    pub fn worker_drained(&self) {
+        // AcqRel: the last worker to finish sees every other one's finish.
+        self.workers_busy.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// True once every worker has drained: they may stop (and close their
+    /// listeners) together.
+    pub fn all_workers_drained(&self) -> bool {
+        self.workers_busy.load(Ordering::Acquire) == 0
+    }
+
     /// Starts draining: `/healthz` answers 503 and every worker tells its
     /// streams to reconnect.
     pub fn drain(&self) {
@@ -768,6 +785,19 @@ mod tests {
             key: key.map(Into::into),
             fields: Box::new([]),
         }
+    }
+
+    #[test]
+    fn workers_stop_together_once_every_one_has_drained() {
+        let s = Settings::from_toml("[server]\nworkers = 3\n").unwrap();
+        let h = Hub::new(Arc::new(s));
+        h.drain();
+        for _ in 0..2 {
+            h.worker_drained();
+            assert!(!h.all_workers_drained());
+        }
+        h.worker_drained();
+        assert!(h.all_workers_drained());
     }
 
     #[test]

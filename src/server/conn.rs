@@ -22,7 +22,7 @@ use monoio::net::TcpStream;
 
 use crate::auth::{AuthError, Principal, Role, find_credential};
 use crate::config::fill;
-use crate::hub::filter::Clause;
+use crate::hub::filter::{Clause, Value};
 use crate::hub::{Filter, Start, Topic, TopicError};
 use crate::metrics;
 use crate::server::chunked::{ChunkError, ChunkedDecoder, Progress};
@@ -570,7 +570,7 @@ fn stream_token(w: &Worker, req: &Request, mut body: Vec<u8>) -> Routed {
 /// A stream request's topic and its route's fixed filters (field, values).
 struct Target {
     topic: String,
-    fixed: Vec<(String, String)>,
+    fixed: Vec<(String, Vec<Value>)>,
 }
 
 /// The stream a GET path names: the first `[[routes]]` template that
@@ -588,20 +588,24 @@ fn stream_target(w: &Worker, req: &Request) -> Option<Result<Target, (u16, &'sta
         let Some(vars) = r.bind(&req.path) else {
             continue;
         };
+        // An empty variable counts as missing: it could only name nothing,
+        // or, inside a `match` prefix, everything the prefix's literal allows.
         let lookup = |name: &str| {
             vars.iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| *v)
                 .or_else(|| req.query(name))
+                .filter(|v| !v.is_empty())
         };
-        let missing = (400, "a query parameter this URL needs is missing");
+        let missing = (400, "a query parameter this URL needs is missing or empty");
         let topic = match fill(&r.topic, lookup) {
             Ok(t) => t,
             Err(_) => return Some(Err(missing)),
         };
         let mut fixed = Vec::with_capacity(r.fixed.len());
         for (field, values) in &r.fixed {
-            match fill(values, lookup) {
+            // Each variable's text is one literal value (`MatchValue::fill`).
+            match values.iter().map(|v| v.fill(lookup)).collect() {
                 Ok(v) => fixed.push((field.clone(), v)),
                 Err(_) => return Some(Err(missing)),
             }
@@ -622,7 +626,7 @@ fn stream_target(w: &Worker, req: &Request) -> Option<Result<Target, (u16, &'sta
 fn row_filter(
     topic: &Topic,
     req: &Request,
-    fixed: &[(String, String)],
+    fixed: &[(String, Vec<Value>)],
 ) -> Result<Option<Filter>, (u16, &'static str)> {
     let mut clauses = Vec::new();
     for (field, values) in fixed {
@@ -631,7 +635,7 @@ fn row_filter(
             .iter()
             .position(|f| f == field)
             .ok_or((400, "this route filters on a field the topic does not keep"))?;
-        clauses.push(Clause::parse(i, values).map_err(|e| (400, e.message()))?);
+        clauses.push(Clause::new(i, values.clone()).map_err(|e| (400, e.message()))?);
     }
     for (param, i) in topic.filter_params.iter() {
         if let Some(v) = req.query(param) {

@@ -259,12 +259,16 @@ pub fn error_code(status: u16) -> &'static str {
     }
 }
 
-/// CORS headers for a request's `Origin`, if that origin is allowed.
+/// CORS headers for a request's `Origin`, if that origin is allowed: `*`
+/// when any origin is, else the listed origin echoed, with `Vary: Origin`.
 pub fn cors_headers(out: &mut BytesMut, cors: &Cors, origin: Option<&str>) {
     if let Some(allowed) = origin.and_then(|o| cors.allow(o)) {
         out.put_slice(b"Access-Control-Allow-Origin: ");
         out.put_slice(allowed.as_bytes());
-        out.put_slice(b"\r\nVary: Origin\r\nAccess-Control-Expose-Headers: Content-Type\r\n");
+        if allowed != "*" {
+            out.put_slice(b"\r\nVary: Origin");
+        }
+        out.put_slice(b"\r\nAccess-Control-Expose-Headers: Content-Type\r\n");
     }
 }
 

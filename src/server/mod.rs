@@ -3,8 +3,14 @@
 //! signal thread, and waits for a clean stop.
 //!
 //! Cold module. Shutdown (SIGTERM / SIGINT): the hub drains, every stream is
-//! told `reconnect` (reason `shutdown`, jittered retry), workers stop when
-//! their streams have closed or after `worker::DRAIN_GRACE_S`.
+//! told `reconnect` (reason `shutdown`, jittered retry), and each worker
+//! waits until its streams have closed or `worker::DRAIN_GRACE_S` has passed.
+//! Meanwhile every worker keeps accepting and answers each new request 503
+//! (`unavailable`; `/healthz`: `draining`). A worker that is done goes on
+//! answering until every worker is done, and then they all stop: the kernel
+//! keeps spreading new connections over every `SO_REUSEPORT` listener that
+//! is open, and a listener whose worker has stopped would leave them
+//! unanswered (or reset them as it closes).
 
 pub mod chunked;
 pub mod conn;
@@ -31,6 +37,8 @@ use crate::hub::Hub;
 use crate::sources;
 use worker::Worker;
 
+/// How often a draining worker looks whether it, then every worker, is done.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Listen backlog of each worker's socket.
 pub const LISTEN_BACKLOG: i32 = 4096;
 /// Descriptors kept back from client connections (listeners, io_uring,
@@ -243,6 +251,17 @@ enum WorkerEvent {
     Ended(usize),
 }
 
+/// Counts its worker as drained when dropped, on every way out of the
+/// worker thread (a clean stop, a failed start, a panic), so that the others
+/// never wait for it.
+struct DrainedOnDrop(Arc<Hub>);
+
+impl Drop for DrainedOnDrop {
+    fn drop(&mut self) {
+        self.0.worker_drained();
+    }
+}
+
 fn run_worker(
     id: usize,
     hub: Arc<Hub>,
@@ -251,6 +270,7 @@ fn run_worker(
     driver: DriverChoice,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
 ) {
+    let drained = DrainedOnDrop(hub.clone());
     if driver == DriverChoice::Auto {
         match RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(URING_ENTRIES)
@@ -261,7 +281,7 @@ fn run_worker(
                 if id == 0 {
                     tracing::info!("io_uring driver");
                 }
-                rt.block_on(worker_main(id, hub, keys, listener, events));
+                rt.block_on(worker_main(id, hub, keys, listener, events, drained));
                 return;
             }
             Err(e) => {
@@ -279,7 +299,7 @@ fn run_worker(
             .enable_timer()
             .build();
     match rt {
-        Ok(mut rt) => rt.block_on(worker_main(id, hub, keys, listener, events)),
+        Ok(mut rt) => rt.block_on(worker_main(id, hub, keys, listener, events, drained)),
         Err(e) => tracing::error!(error = %e, "cannot start worker {id}"),
     }
 }
@@ -290,6 +310,7 @@ async fn worker_main(
     keys: Arc<Keys>,
     listener: std::net::TcpListener,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
+    drained: DrainedOnDrop,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -306,7 +327,13 @@ async fn worker_main(
     w.hub.workers_up.fetch_add(1, Ordering::Relaxed);
     let _ = events.send(WorkerEvent::Up);
     while !w.drained() {
-        monoio::time::sleep(Duration::from_millis(100)).await;
+        monoio::time::sleep(DRAIN_POLL).await;
+    }
+    tracing::info!(streams = w.streams.get(), "worker {id} drained its streams");
+    drop(drained);
+    // Keep accepting (and answering 503) until every worker is done.
+    while !w.hub.all_workers_drained() {
+        monoio::time::sleep(DRAIN_POLL).await;
     }
     w.hub.workers_up.fetch_sub(1, Ordering::Relaxed);
 }

@@ -9,8 +9,17 @@
 //! rows' bytes for the whole group, or none when no row passes) and queues
 //! the same [`Frame`] (an `Rc`, one per group per frame) on every member: no
 //! allocation, no lock, no syscall per connection per event. Heartbeats, max-duration and
-//! closing grace run off a timer wheel ticked once a second; connections are
+//! closing grace run off a timer wheel ticked every `TICK_MS`; connections are
 //! bucketed by their next deadline, never scanned.
+//!
+//! Timers are never early. The worker's clock is milliseconds on the
+//! monotonic clock since the worker started ([`Worker::now`]): events are
+//! stamped rounded up (a stream's start, its last write) and deadlines are
+//! checked against the clock read at the tick rounded down, so a stream
+//! started at 0.9 s with `max_duration_s = 2` gets its `timeout` at the
+//! first tick at or after 2.9 s, and a heartbeat goes out only once the
+//! stream has been silent for `heartbeat_s`. Tests inject the clock
+//! ([`Worker::set_clock`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -18,7 +27,7 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -64,9 +73,14 @@ pub const BULK_TURN: u32 = 2;
 /// permit after a whole interval gives it back and goes on without one.
 pub const PERMIT_STALL: Duration = Duration::from_millis(5);
 /// `write_since` of a stream with no write in flight.
-const NOT_WRITING: u32 = u32::MAX;
-/// Slots of the timer wheel (must exceed the largest heartbeat_s, 30).
-const WHEEL_SLOTS: usize = 64;
+const NOT_WRITING: u64 = u64::MAX;
+/// Milliseconds between two ticks of the timer wheel: how late (never how
+/// early) a heartbeat or a closing deadline may fire.
+pub const TICK_MS: u64 = 100;
+/// Slots of the timer wheel. Any number works (an entry seen before its
+/// time goes back in); more slots than the longest wait (heartbeat_s 30 s =
+/// 300 ticks) means an entry is looked at once, when due.
+const WHEEL_SLOTS: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubState {
@@ -87,11 +101,13 @@ pub struct Subscriber {
     waker: Cell<Option<Waker>>,
     state: Cell<SubState>,
     events: Cell<u32>,
-    last_write: Cell<u32>,
-    /// Worker tick at which `max_duration_s` is reached (`u32::MAX`: never).
-    deadline: u32,
-    /// Worker tick after which a closing connection is aborted.
-    close_deadline: Cell<u32>,
+    /// Worker clock (ms) of the last frame queued: silence counts from here.
+    last_write: Cell<u64>,
+    /// Worker clock (ms) at which `max_duration_s` is reached (`u64::MAX`:
+    /// never).
+    deadline: u64,
+    /// Worker clock (ms) after which a closing connection is aborted.
+    close_deadline: Cell<u64>,
     heartbeat_s: u32,
     /// Holds one of the worker's write permits.
     permit: Cell<bool>,
@@ -103,7 +119,7 @@ pub struct Subscriber {
     /// Worker tick at which its current write began (`NOT_WRITING`: none).
     /// A write still in flight `slow_consumer_s` later means the socket has
     /// not drained for that long.
-    write_since: Cell<u32>,
+    write_since: Cell<u64>,
     /// The key whose `max_connections` this stream counts against.
     pub key: Option<usize>,
     /// A raw-tier stream: waits for write permits ahead of coalesced ones.
@@ -111,17 +127,18 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// A stream starting at `now` ([`Worker::now`]).
     pub fn new(
-        now: u32,
+        now: u64,
         heartbeat_s: u32,
         max_duration_s: u32,
         key: Option<usize>,
         urgent: bool,
     ) -> Subscriber {
         let deadline = if max_duration_s == 0 {
-            u32::MAX
+            u64::MAX
         } else {
-            now.saturating_add(max_duration_s)
+            now.saturating_add(secs_to_ms(max_duration_s))
         };
         Subscriber {
             queue: RefCell::new(VecDeque::new()),
@@ -131,7 +148,7 @@ impl Subscriber {
             events: Cell::new(0),
             last_write: Cell::new(now),
             deadline,
-            close_deadline: Cell::new(u32::MAX),
+            close_deadline: Cell::new(u64::MAX),
             heartbeat_s,
             permit: Cell::new(false),
             busy: Cell::new(false),
@@ -187,12 +204,26 @@ impl Subscriber {
     }
 
     /// Queues a closing frame and lets the connection flush, then close.
-    pub fn close_with(&self, frame: Frame, now: u32) {
+    pub fn close_with(&self, frame: Frame, now: u64) {
         if self.state.get() == SubState::Open {
             self.push(frame);
             self.state.set(SubState::Closing);
-            self.close_deadline.set(now + CLOSE_GRACE_S);
+            self.close_deadline
+                .set(now.saturating_add(secs_to_ms(CLOSE_GRACE_S)));
             self.wake();
+        }
+    }
+
+    /// When the stream next needs the wheel: its next heartbeat, or its max
+    /// duration if that comes first; once closing, its close deadline.
+    fn next_due(&self) -> u64 {
+        match self.state.get() {
+            SubState::Open => self
+                .last_write
+                .get()
+                .saturating_add(secs_to_ms(self.heartbeat_s))
+                .min(self.deadline),
+            _ => self.close_deadline.get(),
         }
     }
 
@@ -262,12 +293,21 @@ pub struct Worker {
     pub keys: Arc<Keys>,
     groups: RefCell<HashMap<usize, TopicGroups>>,
     wheel: RefCell<Vec<Vec<Rc<Subscriber>>>>,
-    /// Seconds since the worker started (its tick count).
-    now: Cell<u32>,
+    /// The clock's zero: when the worker started.
+    origin: Instant,
+    /// An injected clock (ms) that replaces the monotonic one (tests).
+    manual_clock: Cell<Option<u64>>,
+    /// The last wheel tick processed (`tick × TICK_MS` ms on the clock).
+    ticked: Cell<u64>,
+    /// The clock's whole second at the last once-a-second chores.
+    second: Cell<u64>,
+    /// The unix second the shared heartbeat frame carries.
+    heartbeat_unix_s: Cell<u64>,
     frames: RefCell<SharedFrames>,
     /// Open SSE streams on this worker.
     pub streams: Cell<usize>,
-    draining_since: Cell<Option<u32>>,
+    /// Worker clock (ms) when draining started.
+    draining_since: Cell<Option<u64>>,
     pub counters: WorkerCounters,
     permits: Cell<usize>,
     /// Streams waiting for a write permit: raw-tier ones (`urgent`) first,
@@ -300,8 +340,9 @@ fn topic_key(topic: &Arc<Topic>) -> usize {
 impl Worker {
     pub fn new(id: usize, hub: Arc<Hub>, keys: Arc<Keys>) -> Worker {
         let settings = hub.settings().clone();
+        let unix_s = unix_secs();
         let frames = SharedFrames {
-            heartbeat: Rc::new(sse::heartbeat(unix_secs())),
+            heartbeat: Rc::new(sse::heartbeat(unix_s)),
             timeout: Rc::new(sse::timeout_frame(settings.max_duration_s)),
             limit: Rc::new(sse::limit_frame(settings.max_events)),
         };
@@ -312,7 +353,11 @@ impl Worker {
             keys,
             groups: RefCell::new(HashMap::new()),
             wheel: RefCell::new((0..WHEEL_SLOTS).map(|_| Vec::new()).collect()),
-            now: Cell::new(0),
+            origin: Instant::now(),
+            manual_clock: Cell::new(None),
+            ticked: Cell::new(0),
+            second: Cell::new(0),
+            heartbeat_unix_s: Cell::new(unix_s),
             frames: RefCell::new(frames),
             streams: Cell::new(0),
             draining_since: Cell::new(None),
@@ -376,7 +421,7 @@ impl Worker {
     /// Gives `sub` a permit (taken from the pool or passed on).
     fn grant(&self, sub: &Rc<Subscriber>) {
         sub.permit.set(true);
-        sub.write_since.set(self.now.get());
+        sub.write_since.set(self.now());
         sub.permit_epoch.set(self.reap_epoch.get());
         self.holders.borrow_mut().push(sub.clone());
     }
@@ -424,7 +469,7 @@ impl Worker {
     /// batch waits for the client to read. It goes on without a permit.
     pub fn write_stalled(&self, sub: &Rc<Subscriber>) {
         if sub.write_since.get() == NOT_WRITING {
-            sub.write_since.set(self.now.get());
+            sub.write_since.set(self.now());
         }
         if sub.permit.replace(false) {
             self.drop_holder(sub);
@@ -495,8 +540,38 @@ impl Worker {
         }
     }
 
-    pub fn now(&self) -> u32 {
-        self.now.get()
+    /// The worker's clock, in ms since it started, rounded up: what stamps
+    /// an event (a stream's start, a write), so that a deadline counted from
+    /// it never comes early.
+    pub fn now(&self) -> u64 {
+        self.clock().1
+    }
+
+    /// The clock rounded down and rounded up (equal when injected).
+    fn clock(&self) -> (u64, u64) {
+        if let Some(ms) = self.manual_clock.get() {
+            return (ms, ms);
+        }
+        let d = self.origin.elapsed();
+        let floor = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let ceil = if d.subsec_nanos().is_multiple_of(1_000_000) {
+            floor
+        } else {
+            floor.saturating_add(1)
+        };
+        (floor, ceil)
+    }
+
+    /// Replaces the monotonic clock by `ms` from now on (tests drive the
+    /// wheel with it and [`Worker::tick`], without sleeping).
+    pub fn set_clock(&self, ms: u64) {
+        self.manual_clock.set(Some(ms));
+    }
+
+    /// How long until the wheel's next tick is due.
+    fn until_next_tick(&self) -> Duration {
+        let next = Duration::from_millis((self.ticked.get() + 1).saturating_mul(TICK_MS));
+        next.saturating_sub(self.origin.elapsed())
     }
 
     pub fn is_draining(&self) -> bool {
@@ -580,7 +655,7 @@ impl Worker {
         let Some(ring) = topic.ring(cg.cadence) else {
             return;
         };
-        let now = self.now.get();
+        let now = self.now();
         let max_events = self.settings.max_events;
         let tail = ring.tail().min(upto);
         while cg.cursor < tail {
@@ -634,7 +709,7 @@ impl Worker {
         &self,
         members: &mut Vec<Rc<Subscriber>>,
         frame: &Frame,
-        now: u32,
+        now: u64,
         max_events: u32,
     ) -> u64 {
         let mut delivered = 0;
@@ -651,7 +726,7 @@ impl Worker {
                 m.events.set(n);
                 if max_events != 0 && n >= max_events {
                     let limit = self.frames.borrow().limit.clone();
-                    m.close_with(limit, now);
+                    self.close(m, limit, now);
                 }
             }
             self.nudge(m);
@@ -661,7 +736,7 @@ impl Worker {
     }
 
     /// Queues a frame on one subscriber, or tells a slow one to reconnect.
-    fn queue(&self, m: &Subscriber, frame: &Frame, now: u32) -> bool {
+    fn queue(&self, m: &Rc<Subscriber>, frame: &Frame, now: u64) -> bool {
         // A frame alone always fits; past the bound with frames already
         // waiting, the client is not keeping up.
         let queued = m.queued_bytes.get();
@@ -669,7 +744,8 @@ impl Worker {
             m.queue.borrow_mut().clear();
             m.queued_bytes.set(0);
             let retry = jittered_retry(self.settings.retry_ms);
-            m.close_with(
+            self.close(
+                m,
                 Rc::new(sse::reconnect_frame(ReconnectReason::SlowConsumer, retry)),
                 now,
             );
@@ -683,73 +759,114 @@ impl Worker {
         true
     }
 
-    /// Puts a new subscriber on the timer wheel.
-    pub fn schedule(&self, sub: &Rc<Subscriber>) {
-        let now = self.now.get();
-        let at = (now + sub.heartbeat_s).min(sub.deadline).max(now + 1);
-        self.wheel.borrow_mut()[at as usize % WHEEL_SLOTS].push(sub.clone());
+    /// Queues a closing frame on an open stream and files it under its close
+    /// deadline (its wheel entry may be as far as a heartbeat away).
+    fn close(&self, m: &Rc<Subscriber>, frame: Frame, now: u64) {
+        if m.state.get() == SubState::Open {
+            m.close_with(frame, now);
+            self.put(m.clone(), m.close_deadline.get());
+        }
     }
 
-    /// Once a second: heartbeats, max durations, closing grace, metrics.
-    pub fn tick(&self) {
-        let now = self.now.get() + 1;
-        self.now.set(now);
-        let heartbeat: Frame = Rc::new(sse::heartbeat(unix_secs()));
-        self.frames.borrow_mut().heartbeat = heartbeat.clone();
-        let timeout = self.frames.borrow().timeout.clone();
+    /// Puts a new subscriber on the timer wheel.
+    pub fn schedule(&self, sub: &Rc<Subscriber>) {
+        self.put(sub.clone(), sub.next_due());
+    }
 
-        let slot = now as usize % WHEEL_SLOTS;
+    /// Files `sub` under the first tick at or after `due_ms` (and after the
+    /// last tick processed, whose slot was already taken).
+    fn put(&self, sub: Rc<Subscriber>, due_ms: u64) {
+        let at = due_ms.div_ceil(TICK_MS).max(self.ticked.get() + 1);
+        self.wheel.borrow_mut()[(at % WHEEL_SLOTS as u64) as usize].push(sub);
+    }
+
+    /// Runs every wheel tick due by the clock (several when the worker was
+    /// late): heartbeats, max durations, closing grace; and once a second
+    /// the group sweep and the metrics.
+    pub fn tick(&self) {
+        let (now, stamp) = self.clock();
+        let target = now / TICK_MS;
+        let last = self.ticked.get();
+        if target > last {
+            let unix_s = unix_secs();
+            if unix_s != self.heartbeat_unix_s.get() {
+                self.heartbeat_unix_s.set(unix_s);
+                self.frames.borrow_mut().heartbeat = Rc::new(sse::heartbeat(unix_s));
+            }
+            // Past a whole turn of the wheel, one turn visits every slot.
+            let first = (last + 1).max(target.saturating_sub(WHEEL_SLOTS as u64 - 1));
+            for t in first..=target {
+                self.ticked.set(t);
+                self.run_slot(t, now, stamp);
+            }
+        }
+        let second = now / 1000;
+        if second != self.second.get() {
+            self.second.set(second);
+            self.close_stalled(now);
+            self.sweep_groups();
+            self.counters.flush(self.streams.get());
+        }
+    }
+
+    /// One tick's slot. `now` is the clock rounded down (deadlines are due
+    /// when it reaches them), `stamp` rounded up (what a heartbeat records).
+    fn run_slot(&self, t: u64, now: u64, stamp: u64) {
+        let (heartbeat, timeout) = {
+            let f = self.frames.borrow();
+            (f.heartbeat.clone(), f.timeout.clone())
+        };
+        let slot = (t % WHEEL_SLOTS as u64) as usize;
         let mut due = std::mem::take(&mut self.wheel.borrow_mut()[slot]);
         for sub in due.drain(..) {
-            let next = match sub.state.get() {
-                SubState::Closed => continue,
-                SubState::Closing | SubState::Abort => {
+            match sub.state.get() {
+                SubState::Closed => {}
+                // The connection task closes as soon as it sees Abort.
+                SubState::Abort => sub.wake(),
+                SubState::Closing => {
                     if now >= sub.close_deadline.get() {
                         sub.state.set(SubState::Abort);
                         sub.wake();
+                    } else {
+                        let at = sub.close_deadline.get();
+                        self.put(sub, at);
                     }
-                    now + 1
                 }
                 SubState::Open => {
                     if now >= sub.deadline {
-                        sub.close_with(timeout.clone(), now);
-                        now + 1
-                    } else {
-                        if now - sub.last_write.get() >= sub.heartbeat_s {
-                            sub.push(heartbeat.clone());
-                            sub.last_write.set(now);
-                            sub.wake();
-                        }
-                        (sub.last_write.get() + sub.heartbeat_s)
-                            .min(sub.deadline)
-                            .max(now + 1)
+                        sub.close_with(timeout.clone(), stamp);
+                        let at = sub.close_deadline.get();
+                        self.put(sub, at);
+                        continue;
                     }
+                    if now.saturating_sub(sub.last_write.get()) >= secs_to_ms(sub.heartbeat_s) {
+                        sub.push(heartbeat.clone());
+                        sub.last_write.set(stamp);
+                        sub.wake();
+                    }
+                    let at = sub.next_due();
+                    self.put(sub, at);
                 }
-            };
-            self.wheel.borrow_mut()[next as usize % WHEEL_SLOTS].push(sub);
+            }
         }
         // Give the emptied Vec (and its capacity) back to its slot.
         let mut wheel = self.wheel.borrow_mut();
         if wheel[slot].is_empty() {
             wheel[slot] = due;
         }
-        drop(wheel);
-
-        self.close_stalled(now);
-        self.sweep_groups();
-        self.counters.flush(self.streams.get());
     }
 
     /// Closes streams whose socket has not drained for `slow_consumer_s`:
     /// a write (with a permit, or stalled without one) still in flight that
-    /// long after it began. At least that long: a write that began mid-tick
-    /// gets one tick more. Their socket is full, so no closing frame could
-    /// reach them; the close is counted as a slow consumer.
-    fn close_stalled(&self, now: u32) {
-        let limit = self.settings.slow_consumer_s;
+    /// long after it began (its start stamped rounded up, `now` rounded
+    /// down: never early; checked once a second, so up to a second late).
+    /// Their socket is full, so no closing frame could reach them; the close
+    /// is counted as a slow consumer.
+    fn close_stalled(&self, now: u64) {
+        let limit = u64::from(self.settings.slow_consumer_s) * 1000;
         let overdue = |sub: &Subscriber| {
             let since = sub.write_since.get();
-            since != NOT_WRITING && now.saturating_sub(since) > limit
+            since != NOT_WRITING && now.saturating_sub(since) >= limit
         };
         let abort = |sub: &Subscriber| {
             if sub.state.get() != SubState::Abort {
@@ -800,13 +917,14 @@ impl Worker {
 
     /// Tells every stream to reconnect (reason `shutdown`), jittered.
     fn start_drain(&self) {
-        let now = self.now.get();
+        let now = self.now();
         self.draining_since.set(Some(now));
         let groups = std::mem::take(&mut *self.groups.borrow_mut());
         for (_, tg) in groups {
             for m in tg.members() {
                 let retry = jittered_retry(self.settings.retry_ms);
-                m.close_with(
+                self.close(
+                    m,
                     Rc::new(sse::reconnect_frame(ReconnectReason::Shutdown, retry)),
                     now,
                 );
@@ -820,7 +938,10 @@ impl Worker {
     /// True once a draining worker may stop.
     pub fn drained(&self) -> bool {
         match self.draining_since.get() {
-            Some(since) => self.streams.get() == 0 || self.now.get() >= since + DRAIN_GRACE_S,
+            Some(since) => {
+                self.streams.get() == 0
+                    || self.clock().0 >= since.saturating_add(secs_to_ms(DRAIN_GRACE_S))
+            }
             None => false,
         }
     }
@@ -864,19 +985,18 @@ pub async fn fanout_loop(w: Rc<Worker>) {
     }
 }
 
-/// Ticks once a second, on the wall clock's second boundary.
+/// Ticks the wheel every `TICK_MS` on the worker's monotonic clock. A
+/// wake-up that comes early or late is harmless: `tick` runs what the clock
+/// says is due.
 pub async fn tick_loop(w: Rc<Worker>) {
     loop {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
-        monoio::time::sleep(Duration::from_nanos(
-            1_000_000_000 - u64::from(nanos) + 1_000,
-        ))
-        .await;
+        monoio::time::sleep(w.until_next_tick().max(Duration::from_millis(1))).await;
         w.tick();
     }
+}
+
+fn secs_to_ms(s: u32) -> u64 {
+    u64::from(s) * 1000
 }
 
 /// A frame from bytes built for one connection.
@@ -1022,34 +1142,168 @@ mod tests {
         assert_eq!(s.state(), SubState::Closing);
     }
 
+    /// Sets the injected clock and runs the ticks due by it.
+    fn tick_at(w: &Worker, ms: u64) {
+        w.set_clock(ms);
+        w.tick();
+    }
+
     #[test]
     fn heartbeat_when_silent_and_timeout_at_max_duration() {
         let (w, hub) = worker("heartbeat_s = 2\nmax_duration_s = 5");
+        w.set_clock(0);
         let t = hub.topic("a").unwrap();
         let s = Rc::new(Subscriber::new(w.now(), 2, 5, None, true));
         w.subscribe(&t, 0, None, &s, None);
         w.schedule(&s);
-        w.tick(); // 1
+        tick_at(&w, 1000);
         assert!(drain(&s).is_empty());
-        w.tick(); // 2: silent for 2 s
+        tick_at(&w, 2000); // silent for 2 s
         let f = drain(&s);
         assert_eq!(f.len(), 1);
         assert!(
             f[0].starts_with(": heartbeat ") && f[0].ends_with("\n\n"),
             "{f:?}"
         );
-        w.tick(); // 3
+        tick_at(&w, 3000);
         publish(&hub, &t, 1);
-        w.on_inbox(); // a write at 3 postpones the heartbeat to 5
+        w.on_inbox(); // a write at 3 s postpones the heartbeat to 5 s
         assert_eq!(drain(&s).len(), 1);
-        w.tick(); // 4
+        tick_at(&w, 4000);
         assert!(drain(&s).is_empty());
-        w.tick(); // 5: max duration
+        tick_at(&w, 5000); // max duration
         let f = drain(&s);
         assert_eq!(
             f,
             vec!["event: timeout\ndata: {\"type\":\"timeout\",\"max_duration_s\":5}\n\n"]
         );
+    }
+
+    /// What a subscriber got, tick by tick, while the clock runs from
+    /// `from` to `to` ms in `step` ms steps.
+    fn run_clock(w: &Worker, s: &Subscriber, from: u64, to: u64, step: u64) -> Vec<(u64, String)> {
+        let mut got = Vec::new();
+        let mut ms = from;
+        while ms <= to {
+            tick_at(w, ms);
+            for f in drain(s) {
+                let kind = if f.starts_with(": heartbeat ") {
+                    "heartbeat".to_string()
+                } else {
+                    f.lines().next().unwrap_or("").to_string()
+                };
+                got.push((ms, kind));
+            }
+            ms += step;
+        }
+        got
+    }
+
+    #[test]
+    fn a_stream_started_mid_second_is_not_timed_out_or_heartbeated_early() {
+        let (w, hub) = worker("heartbeat_s = 1\nmax_duration_s = 2");
+        let t = hub.topic("a").unwrap();
+        // The worker ticked at 0.8 s; the stream starts at 0.9 s.
+        tick_at(&w, 800);
+        w.set_clock(900);
+        let s = Rc::new(Subscriber::new(w.now(), 1, 2, None, true));
+        w.subscribe(&t, 0, None, &s, None);
+        w.schedule(&s);
+        assert!(drain(&s).is_empty());
+        let got = run_clock(&w, &s, 905, 4000, 5);
+        assert_eq!(
+            got,
+            vec![
+                (1900, "heartbeat".to_string()),
+                (2900, "event: timeout".to_string())
+            ],
+            "a heartbeat after 1 s of silence, the timeout after 2 s, each at the first tick"
+        );
+        assert_eq!(s.state(), SubState::Closing);
+    }
+
+    #[test]
+    fn a_write_mid_tick_postpones_the_heartbeat_by_a_whole_interval() {
+        let (w, hub) = worker("heartbeat_s = 2\nmax_duration_s = 0");
+        let t = hub.topic("a").unwrap();
+        w.set_clock(0);
+        let s = Rc::new(Subscriber::new(w.now(), 2, 0, None, true));
+        w.subscribe(&t, 0, None, &s, None);
+        w.schedule(&s);
+        tick_at(&w, 1200);
+        w.set_clock(1234);
+        publish(&hub, &t, 1);
+        w.on_inbox();
+        assert_eq!(drain(&s).len(), 1);
+        let got = run_clock(&w, &s, 1235, 5300, 1);
+        assert_eq!(
+            got,
+            vec![
+                (3300, "heartbeat".to_string()),
+                (5300, "heartbeat".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_late_worker_catches_up_once_and_never_fires_early() {
+        let (w, hub) = worker("heartbeat_s = 3\nmax_duration_s = 100");
+        let t = hub.topic("a").unwrap();
+        w.set_clock(50);
+        let subs: Vec<_> = (0..3)
+            .map(|_| Rc::new(Subscriber::new(w.now(), 3, 100, None, true)))
+            .collect();
+        for s in &subs {
+            w.subscribe(&t, 0, None, s, None);
+            w.schedule(s);
+        }
+        // The worker stalls for 10 s: one heartbeat each, not one per
+        // missed interval.
+        tick_at(&w, 10_000);
+        for s in &subs {
+            assert_eq!(drain(s).len(), 1);
+        }
+        // ... then for longer than a turn of the wheel: still one, and the
+        // max duration fires on the first tick after it.
+        tick_at(&w, 99_000);
+        for s in &subs {
+            assert_eq!(drain(s).len(), 1);
+        }
+        tick_at(&w, 100_049);
+        assert!(drain(&subs[0]).is_empty(), "max duration is at 100.05 s");
+        tick_at(&w, 100_100);
+        for s in &subs {
+            assert_eq!(
+                drain(s),
+                vec!["event: timeout\ndata: {\"type\":\"timeout\",\"max_duration_s\":100}\n\n"]
+            );
+        }
+    }
+
+    #[test]
+    fn a_closing_stream_is_aborted_after_its_grace_not_before() {
+        let (w, hub) = worker("max_events = 1");
+        let t = hub.topic("a").unwrap();
+        w.set_clock(0);
+        let s = Rc::new(Subscriber::new(w.now(), 15, 0, None, true));
+        w.subscribe(&t, 0, None, &s, None);
+        w.schedule(&s);
+        w.set_clock(250);
+        publish(&hub, &t, 1);
+        w.on_inbox(); // limit reached at 0.25 s: closing, 5 s of grace
+        assert_eq!(s.state(), SubState::Closing);
+        // the grace ends at 5.25 s: aborted on the first tick after
+        let close_at = 250 + u64::from(CLOSE_GRACE_S) * 1000;
+        let mut ms = 300;
+        while ms < close_at + 2 * TICK_MS {
+            tick_at(&w, ms);
+            assert_eq!(
+                s.state() == SubState::Abort,
+                ms >= close_at.next_multiple_of(TICK_MS),
+                "at {ms} ms"
+            );
+            ms += 10;
+        }
     }
 
     #[test]
@@ -1108,12 +1362,16 @@ mod tests {
     #[test]
     fn a_write_in_flight_past_slow_consumer_s_is_aborted() {
         let (w, _) = worker("slow_consumer_s = 2");
-        let s = Rc::new(Subscriber::new(0, 15, 0, None, true));
-        assert!(w.acquire_write(&s)); // its write begins at tick 0
-        w.tick(); // 1
-        w.tick(); // 2: not yet a whole 2 s for a write that began mid-tick
+        w.set_clock(900);
+        let s = Rc::new(Subscriber::new(w.now(), 15, 0, None, true));
+        assert!(w.acquire_write(&s)); // its write begins at 0.9 s
+        w.set_clock(2_000);
+        w.tick();
+        w.set_clock(2_899);
+        w.tick(); // not yet 2 s
         assert_eq!(s.state(), SubState::Open);
-        w.tick(); // 3
+        w.set_clock(3_000);
+        w.tick(); // 2.1 s, seen at the next whole second
         assert_eq!(s.state(), SubState::Abort);
     }
 

@@ -165,6 +165,24 @@ impl Server {
         }
     }
 
+    /// Waits for the process to exit by itself (after a signal sent with
+    /// [`Server::signal`]), then its exit status.
+    pub fn wait_exit(mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "sluice did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
     pub fn signal(&self, sig: i32) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
