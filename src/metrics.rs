@@ -50,10 +50,11 @@ pub fn http_response(status: u16) {
     counter!("sluice_http_responses_total", "status" => status.to_string()).increment(1);
 }
 
-/// Counts one accepted publish.
-pub fn published(rows: usize) {
-    counter!("sluice_publish_updates_total").increment(1);
-    counter!("sluice_publish_rows_total").increment(rows as u64);
+/// Counts one accepted publish by its source (`http`, `demo`, or a
+/// configured source's name: a bounded set).
+pub fn published(source: &str, rows: usize) {
+    counter!("sluice_publish_updates_total", "source" => source.to_string()).increment(1);
+    counter!("sluice_publish_rows_total", "source" => source.to_string()).increment(rows as u64);
 }
 
 /// Node-level gauges, set when `/metrics` is rendered.

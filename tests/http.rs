@@ -433,7 +433,7 @@ fn healthz_and_metrics() {
     assert_eq!(st, 200);
     assert!(head.contains("Content-Type: text/plain"), "{head}");
     assert!(
-        metric(&body, "sluice_publish_updates_total") >= 1.0,
+        metric(&body, r#"sluice_publish_updates_total{source="http"}"#) >= 1.0,
         "{body}"
     );
     assert!(body.contains("sluice_connections_open"), "{body}");

@@ -29,7 +29,7 @@ use crate::server::chunked::{ChunkError, ChunkedDecoder, Progress};
 use crate::server::http::{self, HttpError, Method, Request};
 use crate::server::limits::PendingSlot;
 use crate::server::worker::{SubState, Subscriber, Worker, frame};
-use crate::sources::publish::parse_rows;
+use crate::sources::publish::{Accepted, Format, accept};
 use crate::sse;
 use crate::time::unix_millis;
 
@@ -450,15 +450,15 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
         let ndjson = req.header("content-type").is_some_and(|c| {
             c.starts_with("application/x-ndjson") || c.starts_with("application/ndjson")
         });
+        let format = if ndjson { Format::Ndjson } else { Format::Json };
         let mut body = body;
-        let rows =
-            parse_rows(&mut body, ndjson, &topic.key_fields, &topic.fields).map_err(|e| {
-                tracing::debug!(error = %e, "publish refused");
-                (400, publish_error_message(&e))
-            })?;
-        let accepted = rows.len();
-        let seq = w.hub.publish(&topic, rows);
-        metrics::published(accepted);
+        let Accepted {
+            rows: accepted,
+            id: seq,
+        } = accept(&w.hub, &topic, &mut body, format, "http").map_err(|e| {
+            tracing::debug!(error = %e, "publish refused");
+            (400, publish_error_message(&e))
+        })?;
         let s = format!(r#"{{"accepted":{accepted},"id":"{seq}"}}"#);
         return Ok((202, "application/json", Bytes::from(s)));
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::hub::Hub;
-use crate::sources::publish::parse_rows;
+use crate::sources::publish::{Format, accept};
 use crate::time::unix_millis;
 
 /// How often the demo publishes (each tick: some odds rows per sport and one
@@ -191,10 +191,7 @@ fn publish_body(hub: &Hub, topic: &str, body: &mut [u8]) {
         );
         return;
     };
-    match parse_rows(body, false, &topic.key_fields, &topic.fields) {
-        Ok(rows) => {
-            hub.publish(&topic, rows);
-        }
-        Err(e) => tracing::warn!(error = %e, "demo row refused"),
+    if let Err(e) = accept(hub, &topic, body, Format::Json, "demo") {
+        tracing::warn!(error = %e, "demo row refused");
     }
 }

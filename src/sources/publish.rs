@@ -10,7 +10,9 @@ use bytes::Bytes;
 use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 
-use crate::hub::{Row, row_key};
+use std::sync::Arc;
+
+use crate::hub::{Hub, Row, Topic, row_key};
 
 /// Most rows one publish may carry.
 pub const MAX_ROWS_PER_PUBLISH: usize = 100_000;
@@ -28,6 +30,46 @@ pub enum PublishError {
     MissingKey(usize, String),
     #[error("too many rows (at most {MAX_ROWS_PER_PUBLISH})")]
     TooManyRows,
+}
+
+/// How a publish body lays out its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object, or a JSON array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// What a publish added: its rows and the update's sequence id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub rows: usize,
+    pub id: u64,
+}
+
+/// The one way rows enter the hub, for every source (`POST /v1/publish`,
+/// the demo, upstream feeds): parse and validate the body against the
+/// topic's key and filter fields, publish it as one update, count it in
+/// the metrics under `source`. All or nothing: an invalid body publishes
+/// nothing. `body` is simd-json's scratch space.
+pub fn accept(
+    hub: &Hub,
+    topic: &Arc<Topic>,
+    body: &mut [u8],
+    format: Format,
+    source: &str,
+) -> Result<Accepted, PublishError> {
+    let rows = parse_rows(
+        body,
+        format == Format::Ndjson,
+        &topic.key_fields,
+        &topic.fields,
+    )?;
+    let n = rows.len();
+    let id = hub.publish(topic, rows);
+    crate::metrics::published(source, n);
+    Ok(Accepted { rows: n, id })
 }
 
 /// Parses a body into rows, keeping each row's state-table key and its
