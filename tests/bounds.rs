@@ -191,3 +191,59 @@ fn a_request_head_that_never_completes_is_closed_at_header_timeout_s() {
         assert_eq!(c.next_event().unwrap().id, Some(id));
     }
 }
+
+#[test]
+fn a_full_descriptor_table_answers_everyone_at_1_2_and_16_workers() {
+    use std::io::Read;
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    for workers in [1, 2, 16] {
+        let cfg = config("", "").replace("workers = 2", &format!("workers = {workers}"));
+        let s = Server::start_with_fd_limit(&cfg, 256);
+        let mut good = s.subscribe("/v1/sse/fd", &[]);
+        good.start();
+        let mut conns: Vec<std::net::TcpStream> = (0..400)
+            .map(|_| {
+                let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+                c.write_all(b"GET /v1/sse/fd HTTP/1.1\r\n\r\n").unwrap();
+                c
+            })
+            .collect();
+        // Every connection is answered: a stream or a 503, never silence.
+        let (mut streams, mut refused) = (0, 0);
+        for c in conns.iter_mut() {
+            c.set_read_timeout(Some(WAIT)).unwrap();
+            let mut status = [0u8; 12];
+            match c.read_exact(&mut status) {
+                Ok(()) if &status == b"HTTP/1.1 200" => streams += 1,
+                Ok(()) if &status == b"HTTP/1.1 503" => refused += 1,
+                // Past the lingering refusals a 503 may be cut by a reset:
+                // an answer all the same, never a hang.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
+                other => panic!(
+                    "{workers} workers: {other:?} {:?}",
+                    String::from_utf8_lossy(&status)
+                ),
+            }
+        }
+        assert!(streams >= 20, "{workers} workers: {streams} streams");
+        assert!(refused >= 1, "{workers} workers: never refused");
+        drop(conns);
+        // Once descriptors are free again a publish is accepted (until
+        // then it may get 503), and the open stream gets exactly it.
+        let mut id = None;
+        eventually("a publish to be accepted again", || {
+            let (st, _, body) = s.request(
+                "POST",
+                "/v1/publish/fd",
+                &[("X-API-Key", "pk_test")],
+                br#"{"after":"full"}"#,
+            );
+            if st == 202 {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                id = v["id"].as_str().map(String::from);
+            }
+            st == 202
+        });
+        assert_eq!(good.next_event().unwrap().id, id, "{workers} workers");
+    }
+}

@@ -41,18 +41,28 @@ use worker::Worker;
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Listen backlog of each worker's socket.
 pub const LISTEN_BACKLOG: i32 = 4096;
-/// Descriptors kept back from client connections (listeners, io_uring,
-/// eventfds, signal pipe, logs, the EMFILE reserve, a refused connection).
-pub const FD_HEADROOM: u64 = 32;
+/// Descriptors kept back from client connections for the process (stdio,
+/// the signal pipe, logs, the sources' and coalescer's threads).
+pub const FD_HEADROOM_BASE: u64 = 32;
+/// Descriptors kept back per worker: its listener, io_uring or epoll fd,
+/// eventfd and EMFILE reserve (4, counted in /proc/PID/fd), and
+/// `REFUSALS_LINGERING` refused connections being answered 503.
+pub const FD_HEADROOM_PER_WORKER: u64 = 4 + REFUSALS_LINGERING as u64;
+/// Refused connections a worker drains before closing (see
+/// `conn::close_gracefully`); past this many at once it closes right after
+/// the 503, so that a flood of refusals cannot run the table out.
+pub const REFUSALS_LINGERING: usize = 4;
 
 /// Raises the soft descriptor limit to the hard one and caps the node's
 /// connection limit below it, so that a full table shows as a clean 503 at
-/// `max_connections` instead of failing accepts.
-fn fd_budget(max_connections: usize) -> usize {
+/// `max_connections` instead of failing accepts. The headroom grows with
+/// the workers, each of which holds descriptors of its own.
+fn fd_budget(max_connections: usize, workers: usize) -> usize {
     let limit = rlimit::increase_nofile_limit(u64::MAX)
         .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft))
         .unwrap_or(1024);
-    let budget = limit.saturating_sub(FD_HEADROOM).max(1) as usize;
+    let headroom = FD_HEADROOM_BASE + FD_HEADROOM_PER_WORKER * workers as u64;
+    let budget = limit.saturating_sub(headroom).max(1) as usize;
     if budget < max_connections {
         tracing::warn!(
             nofile = limit,
@@ -139,7 +149,7 @@ fn bind(addr: SocketAddr, sndbuf_bytes: usize) -> io::Result<std::net::TcpListen
 
 /// Runs the server until SIGTERM / SIGINT and a clean drain.
 pub fn run(mut settings: Settings) -> Result<(), ServerError> {
-    settings.max_connections = fd_budget(settings.max_connections);
+    settings.max_connections = fd_budget(settings.max_connections, settings.workers);
     let settings = Arc::new(settings);
     crate::metrics::install();
 
@@ -396,11 +406,18 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
 }
 
 async fn refuse(w: Rc<Worker>, mut stream: monoio::net::TcpStream, msg: &'static str) {
-    use monoio::io::AsyncWriteRentExt;
+    use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
     crate::metrics::http_response(503);
     let out = http::error_response(503, msg, false, &w.settings.cors, None);
+    let linger = w.refusing.get() < REFUSALS_LINGERING;
+    w.refusing.set(w.refusing.get() + 1);
     if stream.write_all(out.freeze()).await.0.is_ok() {
-        conn::close_gracefully(&mut stream).await;
+        if linger {
+            conn::close_gracefully(&mut stream).await;
+        } else {
+            let _ = stream.shutdown().await;
+        }
     }
+    w.refusing.set(w.refusing.get() - 1);
     w.hub.connections.fetch_sub(1, Ordering::Relaxed);
 }

@@ -325,6 +325,8 @@ pub struct Worker {
     reaper_running: Cell<bool>,
     /// The reaper task's waker while it sleeps (nobody waits for a permit).
     reaper_waker: Cell<Option<Waker>>,
+    /// Refused connections being answered (`server::refuse`).
+    pub refusing: Cell<usize>,
     /// This worker's connections that are not streams, by address.
     pub pending_by_ip: crate::server::limits::PendingByIp,
     /// Empty write batches, kept for the next writer. Boxed: the box is
@@ -370,6 +372,7 @@ impl Worker {
             reap_epoch: Cell::new(0),
             reaper_running: Cell::new(false),
             reaper_waker: Cell::new(None),
+            refusing: Cell::new(0),
             pending_by_ip: Default::default(),
             batches: RefCell::new(Vec::new()),
         }
