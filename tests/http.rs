@@ -463,7 +463,7 @@ fn node_connection_limit_is_503() {
 
 #[test]
 fn full_fd_table_answers_503_and_keeps_open_streams() {
-    let s = Server::start_with_fd_limit(&config("", ""), 64);
+    let s = Server::start_with_fd_limit(&config("", ""), 96);
     let mut good = s.subscribe("/v1/sse/fd", &[]);
     good.start();
     // Open streams until the table is full: each connection is answered,
