@@ -332,15 +332,15 @@ impl Keys {
 /// Picks the credential of a request: headers first (`X-API-Key`,
 /// `Authorization: Bearer`, `X-Consumer-Key`), then the query (`apiKey`,
 /// `api_key`, `token`).
-pub fn find_credential<'a>(
-    headers: &[(&'a str, &'a str)],
-    query: &[(&'a str, &'a str)],
+pub fn find_credential<'a, H: AsRef<str>, Q: AsRef<str>>(
+    headers: &'a [(H, H)],
+    query: &'a [(Q, Q)],
 ) -> Option<Credential<'a>> {
     let header = |name: &str| {
         headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
+            .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref().trim())
     };
     if let Some(v) = header("x-api-key") {
         return Some(Credential {
@@ -373,8 +373,11 @@ pub fn find_credential<'a>(
         ("api_key", CredentialSource::Query),
         ("token", CredentialSource::Token),
     ] {
-        if let Some((_, v)) = query.iter().find(|(n, _)| *n == name) {
-            return Some(Credential { value: v, source });
+        if let Some((_, v)) = query.iter().find(|(n, _)| n.as_ref() == name) {
+            return Some(Credential {
+                value: v.as_ref(),
+                source,
+            });
         }
     }
     None
@@ -420,6 +423,8 @@ fn mac(settings: &Settings, data: &[u8]) -> HmacSha256 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NO_PAIRS: &[(&str, &str)] = &[];
 
     fn settings() -> Settings {
         Settings::from_toml(
@@ -508,7 +513,8 @@ mod tests {
                 "{header}"
             );
             let bearer = format!("Bearer {t}");
-            let c = find_credential(&[("Authorization", &bearer)], &[]).unwrap();
+            let headers = [("Authorization", bearer.as_str())];
+            let c = find_credential(&headers, NO_PAIRS).unwrap();
             assert_eq!(c.source, CredentialSource::Token, "{header}");
         }
         for header in [
@@ -654,9 +660,9 @@ mod tests {
         assert_eq!((c.value, c.source), ("b", CredentialSource::Header));
         let c = find_credential(&[("x-api-key", "x")], &q).unwrap();
         assert_eq!(c.value, "x");
-        let c = find_credential(&[], &[("api_key", "a"), ("token", "t")]).unwrap();
+        let c = find_credential(NO_PAIRS, &[("api_key", "a"), ("token", "t")]).unwrap();
         assert_eq!((c.value, c.source), ("a", CredentialSource::Query));
-        assert!(find_credential(&[("Authorization", "Basic x")], &[]).is_none());
+        assert!(find_credential(&[("Authorization", "Basic x")], NO_PAIRS).is_none());
     }
 
     #[test]

@@ -14,7 +14,6 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::auth::{KeySecret, Role};
-use crate::hub::filter::Value;
 use crate::hub::topic_name_is_valid;
 
 /// The built-in demo configuration (`sluice serve` without `--config`).
@@ -363,22 +362,6 @@ pub struct MatchValue {
     pub prefix: bool,
 }
 
-impl MatchValue {
-    /// The filter value for one request; `Err` names the first variable
-    /// that `lookup` lacks.
-    pub fn fill<'p, 'v>(
-        &'p self,
-        lookup: impl Fn(&str) -> Option<&'v str>,
-    ) -> Result<Value, &'p str> {
-        let text = fill(&self.parts, lookup)?.into_boxed_str();
-        Ok(if self.prefix {
-            Value::Prefix(text)
-        } else {
-            Value::Exact(text)
-        })
-    }
-}
-
 /// A `match` value list: comma-separated templates, each ending in `*` for
 /// a prefix. `None` when a template is malformed or the list is empty.
 pub fn parse_match(s: &str) -> Option<Vec<MatchValue>> {
@@ -398,26 +381,6 @@ pub fn parse_match(s: &str) -> Option<Vec<MatchValue>> {
         })
         .collect::<Option<Vec<_>>>()?;
     (!values.is_empty()).then_some(values)
-}
-
-impl Route {
-    /// The variables bound by `path` if it matches this route. A trailing
-    /// `/` on either side is ignored.
-    pub fn bind<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
-        let path = path.strip_prefix('/')?;
-        let path = path.strip_suffix('/').unwrap_or(path);
-        let mut segs = path.split('/');
-        let mut vars = Vec::new();
-        for part in &self.path {
-            let seg = segs.next()?;
-            match part {
-                Part::Lit(l) if l == seg => {}
-                Part::Var(v) if !seg.is_empty() => vars.push((v.as_str(), seg)),
-                _ => return None,
-            }
-        }
-        segs.next().is_none().then_some(vars)
-    }
 }
 
 /// A route path: `/`, then segments that are literals or whole `{var}`s.
@@ -464,21 +427,6 @@ pub fn parse_template(s: &str) -> Option<Vec<Part>> {
         }
     }
     Some(parts)
-}
-
-/// Fills a template's variables; `None` names the first missing one.
-pub fn fill<'p, 'v>(
-    parts: &'p [Part],
-    lookup: impl Fn(&str) -> Option<&'v str>,
-) -> Result<String, &'p str> {
-    let mut out = String::new();
-    for p in parts {
-        match p {
-            Part::Lit(l) => out.push_str(l),
-            Part::Var(v) => out.push_str(lookup(v).ok_or(v.as_str())?),
-        }
-    }
-    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -528,7 +476,30 @@ pub struct Settings {
     pub sources: Vec<SourceKind>,
 }
 
+/// What the hot stream code (workers, fan-out, wheel, permits) needs of the
+/// configuration, as plain values: it never sees the config's shapes.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub retry_ms: u32,
+    /// `max_events`; 0: no limit.
+    pub max_events: u32,
+    /// `max_duration_s`; zero: streams never time out.
+    pub max_duration: std::time::Duration,
+    /// `slow_consumer_s`.
+    pub slow_consumer: std::time::Duration,
+}
+
 impl Settings {
+    /// The slice of the settings the stream code uses.
+    pub fn stream(&self) -> StreamSettings {
+        StreamSettings {
+            retry_ms: self.retry_ms,
+            max_events: self.max_events,
+            max_duration: std::time::Duration::from_secs(self.max_duration_s.into()),
+            slow_consumer: std::time::Duration::from_secs(self.slow_consumer_s.into()),
+        }
+    }
+
     /// Parses and validates a configuration file's text.
     pub fn from_toml(src: &str) -> Result<Settings, ConfigError> {
         let raw: RawConfig = toml::from_str(src)
@@ -951,66 +922,6 @@ mod tests {
     fn heartbeat_out_of_range() {
         let e = Settings::from_toml("[server]\nheartbeat_s = 31\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
-    }
-
-    fn route(toml: &str) -> Route {
-        let s = Settings::from_toml(&format!("[[routes]]\n{toml}")).unwrap();
-        s.routes[0].clone()
-    }
-
-    /// The route's `match` values for a path and query.
-    fn match_values(r: &Route, path: &str, query: &[(&str, &str)]) -> Option<Vec<Vec<Value>>> {
-        let vars = r.bind(path)?;
-        let lookup = |name: &str| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| *v)
-                .or_else(|| query.iter().find(|(n, _)| *n == name).map(|(_, v)| *v))
-        };
-        r.fixed
-            .iter()
-            .map(|(_, vs)| vs.iter().map(|v| v.fill(lookup)).collect())
-            .collect::<Result<_, _>>()
-            .ok()
-    }
-
-    fn exact(s: &str) -> Value {
-        Value::Exact(s.into())
-    }
-
-    #[test]
-    fn commas_and_stars_in_route_variables_are_literal() {
-        let r = route("path = \"/sse/{game}\"\ntopic = \"games\"\nmatch = { slug = \"{game}\" }");
-        assert_eq!(
-            match_values(&r, "/sse/crash", &[]),
-            Some(vec![vec![exact("crash")]])
-        );
-        assert_eq!(
-            match_values(&r, "/sse/a,b", &[]),
-            Some(vec![vec![exact("a,b")]])
-        );
-        assert_eq!(
-            match_values(&r, "/sse/*", &[]),
-            Some(vec![vec![exact("*")]])
-        );
-        assert_eq!(
-            match_values(&r, "/sse/a*", &[]),
-            Some(vec![vec![exact("a*")]])
-        );
-        assert_eq!(match_values(&r, "/sse/a/b", &[]), None, "one segment");
-
-        // from the query, and inside a prefix the config asks for
-        let r = route(
-            "path = \"/by\"\ntopic = \"t\"\nmatch = { kind = \"game, {k}.*\", slug = \"{s}\" }",
-        );
-        assert_eq!(
-            match_values(&r, "/by", &[("k", "a,b*"), ("s", ", *")]),
-            Some(vec![
-                vec![exact("game"), Value::Prefix("a,b*.".into())],
-                vec![exact(", *")],
-            ])
-        );
-        assert_eq!(match_values(&r, "/by", &[("k", "x")]), None, "s is missing");
     }
 
     #[test]

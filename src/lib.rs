@@ -13,17 +13,37 @@
 //!   (simd-json) into rows that keep their compact JSON bytes.
 //! * [`hub`]: per topic, the state table, sequence ids, and the broadcast
 //!   [`hub::ring`] whose frames are encoded once ([`sse`]).
-//! * [`server`]: pinned workers, each with its own listener; HTTP parsing
-//!   ([`server::http`]), connections ([`server::conn`]), the fan-out and the
-//!   timer wheel ([`server::worker`]), the vectored write batch
-//!   ([`server::iovec`]).
+//! * [`server`]: the node. [`server::listener`] accepts (limits in
+//!   [`server::limits`]); the cold per-request side is [`server::http`]
+//!   (parsing, the connection loop, the REST endpoints, stream admission as
+//!   named steps, [`server::http::ApiError`]); the hot per-event side is
+//!   [`server::worker`] (subscribers, fan-out, write permits, the timer
+//!   wheel, vectored write batches and the stream loop).
 //!
 //! * [`bench`]: `sluice bench`, the SSE load generator (its own runtime
 //!   threads; it shares nothing with the server but the crate).
 //!
 //! Hot modules (never allocate, lock or serialise per connection per event):
-//! `hub::ring`, `sse` (update frames), `server::worker` (fan-out),
-//! `server::conn` (write loop), `server::iovec`.
+//! `hub::ring`, `sse` (update frames), `server::worker` (fan-out, permits,
+//! wheel, stream write loop, iovec).
+//!
+//! # Words
+//! * **cadence**: a tier's `coalesce_ms`; tiers with the same one share
+//!   rings and frames. Cadence 0 is the raw tier.
+//! * **group**: a worker's subscribers of one topic × cadence × filter,
+//!   who share every frame.
+//! * **permit**: one of a worker's `WRITE_PERMITS` slots for a write in
+//!   flight.
+//! * **inbox**: where the hub queues topics whose rings advanced for a
+//!   worker, and wakes it once.
+//! * **lap**: a reader a whole ring behind; it resynchronises from state.
+//!
+//! # Errors
+//! Hot code returns small enums and treats lag as a value, never a `Box` or
+//! a `String`. Cold subsystems have one `thiserror` enum each; a request's
+//! refusal is one [`server::http::ApiError`] whose kind gives the SPEC
+//! status and code, converted `From` the module errors. `anyhow` only in
+//! `main.rs` and the load generator.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

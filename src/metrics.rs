@@ -45,6 +45,12 @@ impl WorkerCounters {
     }
 }
 
+/// Counts one refused request by its SPEC code (and its status).
+pub fn refused(e: &crate::server::http::ApiError) {
+    http_response(e.status());
+    counter!("sluice_http_refused_total", "code" => e.code()).increment(1);
+}
+
 /// Counts one HTTP response by status.
 pub fn http_response(status: u16) {
     counter!("sluice_http_responses_total", "status" => status.to_string()).increment(1);

@@ -45,7 +45,7 @@ use monoio::net::TcpStream;
 
 use scan::{Event, Scanner};
 
-use crate::server::chunked::{ChunkedDecoder, Progress};
+use crate::server::http::chunked::{ChunkedDecoder, Progress};
 
 /// Read buffer per connection.
 const READ_BYTES: usize = 16 * 1024;

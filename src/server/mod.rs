@@ -12,11 +12,10 @@
 //! is open, and a listener whose worker has stopped would leave them
 //! unanswered (or reset them as it closes).
 
-pub mod chunked;
-pub mod conn;
 pub mod http;
-pub mod iovec;
 pub mod limits;
+pub mod listener;
+pub mod routes;
 pub mod worker;
 
 use std::io;
@@ -29,7 +28,6 @@ use std::time::Duration;
 use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Keys;
 use crate::config::{Settings, SourceKind};
@@ -39,40 +37,6 @@ use worker::Worker;
 
 /// How often a draining worker looks whether it, then every worker, is done.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
-/// Listen backlog of each worker's socket.
-pub const LISTEN_BACKLOG: i32 = 4096;
-/// Descriptors kept back from client connections for the process (stdio,
-/// the signal pipe, logs, the sources' and coalescer's threads).
-pub const FD_HEADROOM_BASE: u64 = 32;
-/// Descriptors kept back per worker: its listener, io_uring or epoll fd,
-/// eventfd and EMFILE reserve (4, counted in /proc/PID/fd), and
-/// `REFUSALS_LINGERING` refused connections being answered 503.
-pub const FD_HEADROOM_PER_WORKER: u64 = 4 + REFUSALS_LINGERING as u64;
-/// Refused connections a worker drains before closing (see
-/// `conn::close_gracefully`); past this many at once it closes right after
-/// the 503, so that a flood of refusals cannot run the table out.
-pub const REFUSALS_LINGERING: usize = 4;
-
-/// Raises the soft descriptor limit to the hard one and caps the node's
-/// connection limit below it, so that a full table shows as a clean 503 at
-/// `max_connections` instead of failing accepts. The headroom grows with
-/// the workers, each of which holds descriptors of its own.
-fn fd_budget(max_connections: usize, workers: usize) -> usize {
-    let limit = rlimit::increase_nofile_limit(u64::MAX)
-        .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft))
-        .unwrap_or(1024);
-    let headroom = FD_HEADROOM_BASE + FD_HEADROOM_PER_WORKER * workers as u64;
-    let budget = limit.saturating_sub(headroom).max(1) as usize;
-    if budget < max_connections {
-        tracing::warn!(
-            nofile = limit,
-            max_connections = budget,
-            "the descriptor limit caps max_connections; raise LimitNOFILE / ulimit -n for more"
-        );
-    }
-    max_connections.min(budget)
-}
-
 /// io_uring submission queue entries per worker.
 pub const URING_ENTRIES: u32 = 4096;
 
@@ -107,63 +71,25 @@ impl DriverChoice {
     }
 }
 
-/// Refuses an address that another socket already listens on. The workers'
-/// listeners share their port through `SO_REUSEPORT`, which would also let
-/// them join a second process's (another sluice run by the same user) and
-/// split its connections with it; a socket bound without it fails instead.
-/// Port 0 asks for a fresh port, which is never busy.
-fn ensure_free(addr: SocketAddr) -> io::Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    // as the listeners: connections of a previous run in TIME_WAIT are no
-    // reason to refuse
-    probe.set_reuse_address(true)?;
-    match probe.bind(&addr.into()) {
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            "address already in use (another process serves it)",
-        )),
-        other => other,
-    }
-}
-
-/// A worker's listener. Accepted sockets inherit its send buffer size,
-/// which also turns off the kernel's send-buffer autotuning for them: a
-/// client that stops reading holds at most `sndbuf_bytes` (doubled by the
-/// kernel) of socket memory, and its next write blocks soon, where the
-/// worker sees it (`slow_consumer_s`).
-fn bind(addr: SocketAddr, sndbuf_bytes: usize) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    if sndbuf_bytes > 0 {
-        socket.set_send_buffer_size(sndbuf_bytes)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
 /// Runs the server until SIGTERM / SIGINT and a clean drain.
 pub fn run(mut settings: Settings) -> Result<(), ServerError> {
-    settings.max_connections = fd_budget(settings.max_connections, settings.workers);
+    settings.max_connections = listener::fd_budget(settings.max_connections, settings.workers);
     let settings = Arc::new(settings);
     crate::metrics::install();
 
     // The first listener fixes the port (the config may say port 0); the
     // others join it with SO_REUSEPORT.
-    ensure_free(settings.listen).map_err(|e| ServerError::Bind(settings.listen, e))?;
-    let first = bind(settings.listen, settings.sndbuf_bytes)
+    listener::ensure_free(settings.listen).map_err(|e| ServerError::Bind(settings.listen, e))?;
+    let first = listener::bind(settings.listen, settings.sndbuf_bytes)
         .map_err(|e| ServerError::Bind(settings.listen, e))?;
     let addr = first
         .local_addr()
         .map_err(|e| ServerError::Bind(settings.listen, e))?;
     let mut listeners = vec![first];
     for _ in 1..settings.workers {
-        listeners.push(bind(addr, settings.sndbuf_bytes).map_err(|e| ServerError::Bind(addr, e))?);
+        listeners.push(
+            listener::bind(addr, settings.sndbuf_bytes).map_err(|e| ServerError::Bind(addr, e))?,
+        );
     }
 
     let hub = Arc::new(Hub::new(settings.clone()));
@@ -329,11 +255,12 @@ async fn worker_main(
             return;
         }
     };
-    let w = Rc::new(Worker::new(id, hub, keys));
-    monoio::spawn(worker::fanout_loop(w.clone()));
-    monoio::spawn(worker::tick_loop(w.clone()));
-    monoio::spawn(worker::reap_loop(w.clone()));
-    monoio::spawn(accept_loop(w.clone(), listener));
+    let w = Rc::new(Worker::new(id, hub));
+    let ctx = Rc::new(http::Context::new(w.clone(), keys));
+    monoio::spawn(worker::fanout::fanout_loop(w.clone()));
+    monoio::spawn(worker::wheel::tick_loop(w.clone()));
+    monoio::spawn(worker::permits::reap_loop(w.clone()));
+    monoio::spawn(listener::accept_loop(ctx, listener));
     w.hub.workers_up.fetch_add(1, Ordering::Relaxed);
     let _ = events.send(WorkerEvent::Up);
     while !w.drained() {
@@ -346,78 +273,4 @@ async fn worker_main(
         monoio::time::sleep(DRAIN_POLL).await;
     }
     w.hub.workers_up.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// Accepts connections until the worker stops. On a full file descriptor
-/// table it frees a reserved descriptor, accepts, answers 503 and closes,
-/// so that clients get an answer instead of a hanging connect.
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
-    let mut reserve = std::fs::File::open("/dev/null").ok();
-    let mut last_warning: Option<std::time::Instant> = None;
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let n = w.hub.connections.fetch_add(1, Ordering::Relaxed);
-                if n >= w.settings.max_connections {
-                    monoio::spawn(refuse(w.clone(), stream, "node is at its connection limit"));
-                } else {
-                    match limits::PendingSlot::take(&w, peer.ip()) {
-                        Ok(slot) => {
-                            monoio::spawn(conn::serve(w.clone(), stream, slot));
-                        }
-                        Err(why) => {
-                            monoio::spawn(refuse(w.clone(), stream, why.message()));
-                        }
-                    }
-                }
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                let now = std::time::Instant::now();
-                if last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-                    tracing::warn!("file descriptor table full; refusing connections with 503");
-                    last_warning = Some(now);
-                }
-                // Workers share one table: another worker may have taken the
-                // descriptor this one freed, so retry for a reserve each time.
-                if reserve.is_none() {
-                    reserve = std::fs::File::open("/dev/null").ok();
-                }
-                if let Some(r) = reserve.take() {
-                    drop(r);
-                    if let Ok((stream, _)) = listener.accept().await {
-                        w.hub.connections.fetch_add(1, Ordering::Relaxed);
-                        refuse(w.clone(), stream, "server is out of file descriptors").await;
-                    }
-                }
-                // Under io_uring the refused socket's close is itself an
-                // operation: let it run before taking its descriptor back,
-                // or the next accept would take it instead.
-                monoio::time::sleep(Duration::from_millis(5)).await;
-                if reserve.is_none() {
-                    reserve = std::fs::File::open("/dev/null").ok();
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    }
-}
-
-async fn refuse(w: Rc<Worker>, mut stream: monoio::net::TcpStream, msg: &'static str) {
-    use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
-    crate::metrics::http_response(503);
-    let out = http::error_response(503, msg, false, &w.settings.cors, None);
-    let linger = w.refusing.get() < REFUSALS_LINGERING;
-    w.refusing.set(w.refusing.get() + 1);
-    if stream.write_all(out.freeze()).await.0.is_ok() {
-        if linger {
-            conn::close_gracefully(&mut stream).await;
-        } else {
-            let _ = stream.shutdown().await;
-        }
-    }
-    w.refusing.set(w.refusing.get() - 1);
-    w.hub.connections.fetch_sub(1, Ordering::Relaxed);
 }

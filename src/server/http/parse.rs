@@ -1,15 +1,11 @@
-//! HTTP/1.1 requests (httparse into a capped buffer) and plain responses.
+//! HTTP/1.1 request heads: httparse into a capped buffer.
 //!
-//! Hot for request parsing (once per request, never per event). Limits are
-//! the named constants below: a head larger than `MAX_HEAD_BYTES` or with more
-//! than `MAX_HEADERS` headers is 431; a malformed head is 400. Parsing copies
-//! the few things a handler needs out of the buffer, so the read buffer can be
-//! dropped as soon as a stream starts.
-
-use bytes::{BufMut, BytesMut};
-
-use crate::config::Cors;
-use crate::sse;
+//! Cold: once per request, never per event. Limits are the named constants
+//! below: a head larger than `MAX_HEAD_BYTES` or with more than
+//! `MAX_HEADERS` headers is 431; a malformed head is 400. Sizes from the
+//! network are bounded before they are parsed (`Content-Length` digits).
+//! Parsing copies the request's path, query and headers out of the buffer,
+//! so the read buffer can be dropped as soon as a stream starts.
 
 /// Largest request head (request line and headers), in bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -224,125 +220,6 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// The SPEC §4 code of an error status.
-pub fn error_code(status: u16) -> &'static str {
-    match status {
-        400 => "bad_request",
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "not_found",
-        405 => "method_not_allowed",
-        413 => "payload_too_large",
-        429 => "too_many_connections",
-        431 => "headers_too_large",
-        503 => "unavailable",
-        _ => "internal",
-    }
-}
-
-/// CORS headers for a request's `Origin`, if that origin is allowed: `*`
-/// when any origin is, else the listed origin echoed, with `Vary: Origin`.
-pub fn cors_headers(out: &mut BytesMut, cors: &Cors, origin: Option<&str>) {
-    if let Some(allowed) = origin.and_then(|o| cors.allow(o)) {
-        out.put_slice(b"Access-Control-Allow-Origin: ");
-        out.put_slice(allowed.as_bytes());
-        if allowed != "*" {
-            out.put_slice(b"\r\nVary: Origin");
-        }
-        out.put_slice(b"\r\nAccess-Control-Expose-Headers: Content-Type\r\n");
-    }
-}
-
-/// A whole response with a body.
-pub fn response(
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-    keep_alive: bool,
-    cors: &Cors,
-    origin: Option<&str>,
-    extra: &str,
-) -> BytesMut {
-    let mut out = BytesMut::with_capacity(192 + body.len());
-    out.put_slice(b"HTTP/1.1 ");
-    sse::put_u64(&mut out, status.into());
-    out.put_u8(b' ');
-    out.put_slice(reason(status).as_bytes());
-    out.put_slice(b"\r\n");
-    if status != 204 {
-        out.put_slice(b"Content-Type: ");
-        out.put_slice(content_type.as_bytes());
-        out.put_slice(b"\r\nContent-Length: ");
-        sse::put_u64(&mut out, body.len() as u64);
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"Cache-Control: no-store\r\n");
-    out.put_slice(if keep_alive {
-        b"Connection: keep-alive\r\n" as &[u8]
-    } else {
-        b"Connection: close\r\n"
-    });
-    cors_headers(&mut out, cors, origin);
-    out.put_slice(extra.as_bytes());
-    out.put_slice(b"\r\n");
-    out.put_slice(body);
-    out
-}
-
-/// The head of a whole response, without its body (the answer to `HEAD`:
-/// the same headers as `GET`, `Content-Length` included, and no body).
-pub fn head_only(mut out: BytesMut) -> BytesMut {
-    if let Some(end) = memchr::memmem::find(&out, b"\r\n\r\n") {
-        out.truncate(end + 4);
-    }
-    out
-}
-
-/// A JSON error response (SPEC §4).
-pub fn error_response(
-    status: u16,
-    message: &str,
-    keep_alive: bool,
-    cors: &Cors,
-    origin: Option<&str>,
-) -> BytesMut {
-    let mut body = BytesMut::with_capacity(64 + message.len());
-    sse::error_json(&mut body, error_code(status), message);
-    let extra = if status == 405 {
-        "Allow: GET, POST, OPTIONS\r\n"
-    } else {
-        ""
-    };
-    response(
-        status,
-        "application/json",
-        &body,
-        keep_alive,
-        cors,
-        origin,
-        extra,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,16 +271,6 @@ mod tests {
         assert!(matches!(
             parse(b"GET /%zz HTTP/1.1\r\n\r\n"),
             Err(HttpError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn error_body_is_spec_shaped() {
-        let r = error_response(404, "no such topic", false, &Cors::Any, None);
-        let text = String::from_utf8(r.to_vec()).unwrap();
-        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
-        assert!(text.ends_with(
-            "\r\n\r\n{\"error\":{\"code\":\"not_found\",\"message\":\"no such topic\"}}"
         ));
     }
 }

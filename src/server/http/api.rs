@@ -1,0 +1,347 @@
+//! The REST endpoints (SPEC §3): a request is parsed into an [`Endpoint`]
+//! once, then answered by one function per endpoint (mini-redis's `cmd/`).
+//!
+//! Cold: once per request. Handlers return the response body or an
+//! [`ApiError`]; [`route`] turns either into the whole response (CORS and
+//! `HEAD` handled once, refusals counted by code).
+
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::auth::{Principal, Role};
+use crate::metrics;
+use crate::server::http::admission::{
+    authenticate, authorize, lookup_topic, publish_target, row_filter, token_issuer,
+};
+use crate::server::http::error::{ApiError, DRAINING, ErrorKind};
+use crate::server::http::response::{error_response, head_only, response};
+use crate::server::http::{Context, Method, Request};
+use crate::sources::publish::{Accepted, Format, accept};
+
+/// What a CORS preflight allows.
+const PREFLIGHT_HEADERS: &str = "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n\
+Access-Control-Allow-Headers: Authorization, X-API-Key, X-Consumer-Key, Last-Event-ID, Content-Type, Cache-Control\r\n\
+Access-Control-Max-Age: 600\r\nAllow: GET, POST, OPTIONS\r\n";
+
+const INDEX: &str = "sluice: Server-Sent Events edge proxy\n\n\
+GET  /v1/sse/{topic}        stream (text/event-stream)\n\
+GET  /v1/snapshot/{topic}   state table as JSON\n\
+POST /v1/publish/{topic}    publish rows (publisher key)\n\
+POST /v1/stream/token       a short-lived token for ?token= (any key)\n\
+GET  /v1/topics             topics (admin key)\n\
+GET  /healthz  GET /metrics\n";
+
+/// The demo page (`GET /` from a browser, when the demo feed runs):
+/// one EventSource, a tier switch and the frames as they arrive.
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// A successful answer: status, content type, body.
+type Answer = (u16, &'static str, Bytes);
+
+/// The endpoints other than streams, by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    Preflight,
+    Healthz,
+    Metrics,
+    Index,
+    Snapshot(&'a str),
+    StreamToken,
+    Publish(&'a str),
+    Topics,
+    /// `GET /__sluice/panic` with `SLUICE_TEST_PANIC=request` (tests).
+    InjectedPanic,
+    NotFound,
+}
+
+impl<'a> Endpoint<'a> {
+    /// The endpoint a request names (streams are told apart before this).
+    pub fn of(req: &'a Request) -> Endpoint<'a> {
+        let path = req.path.as_str();
+        if req.method == Method::Options {
+            return Endpoint::Preflight;
+        }
+        match path {
+            "/healthz" => Endpoint::Healthz,
+            "/metrics" => Endpoint::Metrics,
+            "/" => Endpoint::Index,
+            "/v1/stream/token" => Endpoint::StreamToken,
+            "/v1/topics" => Endpoint::Topics,
+            "/__sluice/panic" if crate::fault::injected("request") => Endpoint::InjectedPanic,
+            _ => {
+                if let Some(t) = path.strip_prefix("/v1/snapshot/") {
+                    Endpoint::Snapshot(t)
+                } else if let Some(t) = path.strip_prefix("/v1/publish/") {
+                    Endpoint::Publish(t)
+                } else {
+                    Endpoint::NotFound
+                }
+            }
+        }
+    }
+
+    /// The method the endpoint takes (`GET` ones answer `HEAD` too).
+    fn method(self) -> Option<Method> {
+        match self {
+            Endpoint::Preflight | Endpoint::NotFound | Endpoint::InjectedPanic => None,
+            Endpoint::StreamToken | Endpoint::Publish(_) => Some(Method::Post),
+            _ => Some(Method::Get),
+        }
+    }
+
+    /// Answered while the node drains (health checks must see it drain).
+    fn while_draining(self) -> bool {
+        matches!(self, Endpoint::Healthz | Endpoint::Preflight)
+    }
+}
+
+/// Answers a non-streaming request with a whole response.
+pub fn route(ctx: &Context, req: &Request, body: Vec<u8>, keep_alive: bool) -> BytesMut {
+    let origin = req.header("origin");
+    let cors = &ctx.settings.cors;
+    let out = match answer(ctx, req, body) {
+        Ok((status, ctype, body)) => {
+            let extra = if req.method == Method::Options {
+                PREFLIGHT_HEADERS
+            } else {
+                ""
+            };
+            metrics::http_response(status);
+            response(status, ctype, &body, keep_alive, cors, origin, extra)
+        }
+        Err(e) => {
+            metrics::refused(&e);
+            error_response(&e, keep_alive, cors, origin)
+        }
+    };
+    if req.method == Method::Head {
+        head_only(out)
+    } else {
+        out
+    }
+}
+
+fn answer(ctx: &Context, req: &Request, body: Vec<u8>) -> Result<Answer, ApiError> {
+    let endpoint = Endpoint::of(req);
+    if let Some(m) = endpoint.method()
+        && !(req.method == m || (m == Method::Get && req.method == Method::Head))
+    {
+        return Err(ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            "method not allowed",
+        ));
+    }
+    if ctx.hub.is_draining() && !endpoint.while_draining() {
+        return Err(DRAINING);
+    }
+    match endpoint {
+        Endpoint::Preflight => preflight(ctx, req),
+        Endpoint::Healthz => Ok(healthz(ctx)),
+        Endpoint::Metrics => Ok(metrics_text(ctx)),
+        Endpoint::Index => Ok(index(ctx, req)),
+        Endpoint::Snapshot(topic) => snapshot(ctx, req, topic),
+        Endpoint::StreamToken => stream_token(ctx, req, body),
+        Endpoint::Publish(topic) => publish(ctx, req, topic, body),
+        Endpoint::Topics => topics(ctx, req),
+        Endpoint::InjectedPanic => panic!("injected fault (SLUICE_TEST_PANIC=request)"),
+        Endpoint::NotFound => Err(ApiError::not_found("no such endpoint")),
+    }
+}
+
+fn preflight(ctx: &Context, req: &Request) -> Result<Answer, ApiError> {
+    match req.header("origin") {
+        Some(o) if ctx.settings.cors.allow(o).is_none() => {
+            Err(ApiError::forbidden("origin not allowed"))
+        }
+        _ => Ok((204, "text/plain", Bytes::new())),
+    }
+}
+
+/// `GET /healthz`: 200 only while every worker runs and the node is not
+/// draining (SPEC §3).
+fn healthz(ctx: &Context) -> Answer {
+    let hub = &ctx.hub;
+    let up = hub.workers_up.load(Ordering::Relaxed);
+    let (status, state) = if hub.is_draining() {
+        (503, "draining")
+    } else if up < ctx.settings.workers {
+        (503, "starting")
+    } else {
+        (200, "ok")
+    };
+    let s = format!(
+        r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{}}}"#,
+        hub.connections.load(Ordering::Relaxed),
+        hub.streams.load(Ordering::Relaxed)
+    );
+    (status, "application/json", Bytes::from(s))
+}
+
+fn metrics_text(ctx: &Context) -> Answer {
+    let hub = &ctx.hub;
+    metrics::set_node_gauges(
+        hub.connections.load(Ordering::Relaxed),
+        hub.streams.load(Ordering::Relaxed),
+        hub.topics().len(),
+    );
+    (
+        200,
+        "text/plain; version=0.0.4",
+        Bytes::from(metrics::render()),
+    )
+}
+
+/// `GET /`: the demo page for browsers when the demo feed runs (it streams
+/// the demo topics with the demo keys), else a plain-text index.
+fn index(ctx: &Context, req: &Request) -> Answer {
+    let demo = ctx
+        .settings
+        .sources
+        .contains(&crate::config::SourceKind::Demo);
+    let html = req
+        .header("accept")
+        .is_some_and(|a| a.contains("text/html"));
+    if demo && html {
+        (
+            200,
+            "text/html; charset=utf-8",
+            Bytes::from_static(DEMO_PAGE.as_bytes()),
+        )
+    } else {
+        (
+            200,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(INDEX.as_bytes()),
+        )
+    }
+}
+
+/// `GET /v1/snapshot/{topic}`: the initial state as JSON, filtered.
+fn snapshot(ctx: &Context, req: &Request, topic: &str) -> Result<Answer, ApiError> {
+    let principal = authenticate(ctx, req)?;
+    let topic = lookup_topic(ctx, topic)?;
+    authorize(ctx, &principal, &topic.name)?;
+    let filter = row_filter(&topic, req, &[])?;
+    Ok((
+        200,
+        "application/json",
+        topic.snapshot_json(filter.as_ref()),
+    ))
+}
+
+/// `POST /v1/publish/{topic}`: through the one publish entry point.
+fn publish(ctx: &Context, req: &Request, topic: &str, body: Vec<u8>) -> Result<Answer, ApiError> {
+    let topic = publish_target(ctx, req, topic)?;
+    let ndjson = req.header("content-type").is_some_and(|c| {
+        c.starts_with("application/x-ndjson") || c.starts_with("application/ndjson")
+    });
+    let format = if ndjson { Format::Ndjson } else { Format::Json };
+    let mut body = body;
+    let Accepted { rows, id } =
+        accept(&ctx.hub, &topic, &mut body, format, "http").inspect_err(|e| {
+            tracing::debug!(error = %e, "publish refused");
+        })?;
+    let s = format!(r#"{{"accepted":{rows},"id":"{id}"}}"#);
+    Ok((202, "application/json", Bytes::from(s)))
+}
+
+/// `POST /v1/stream/token`: any API key; an optional `{"topic":T}` scopes it.
+fn stream_token(ctx: &Context, req: &Request, mut body: Vec<u8>) -> Result<Answer, ApiError> {
+    let key = token_issuer(ctx, req)?;
+    let mut scope = None;
+    if body.iter().any(|b| !b.is_ascii_whitespace()) {
+        use simd_json::prelude::*;
+        let v = simd_json::to_borrowed_value(&mut body).map_err(|_| {
+            ApiError::bad_request("body must be a JSON object like {\"topic\":\"odds/x\"}")
+        })?;
+        let obj = v
+            .as_object()
+            .ok_or(ApiError::bad_request("body must be a JSON object"))?;
+        if let Some(t) = obj.get("topic") {
+            let t = t
+                .as_str()
+                .ok_or(ApiError::bad_request("topic must be a string"))?;
+            let topic = lookup_topic(ctx, t)?;
+            authorize(ctx, &Principal::Key(key), &topic.name)?;
+            scope = Some(topic.name.to_string());
+        }
+    }
+    let token = ctx.keys.issue_token(
+        &ctx.settings,
+        key,
+        scope.as_deref(),
+        crate::time::unix_secs(),
+    );
+    let s = format!(
+        r#"{{"token":"{token}","expires_in":{}}}"#,
+        ctx.settings.token_ttl_s
+    );
+    Ok((200, "application/json", Bytes::from(s)))
+}
+
+/// `GET /v1/topics`: admin keys only.
+fn topics(ctx: &Context, req: &Request) -> Result<Answer, ApiError> {
+    match authenticate(ctx, req)? {
+        Principal::Key(k) if ctx.settings.keys[k].role == Role::Admin => {}
+        Principal::Key(_) | Principal::Token(_) => {
+            return Err(ApiError::forbidden("listing topics needs an admin key"));
+        }
+        Principal::Anonymous => {
+            return Err(ApiError::unauthorized("listing topics needs an admin key"));
+        }
+    }
+    let mut s = String::from(r#"{"topics":["#);
+    for (i, t) in ctx.hub.topics().iter().enumerate() {
+        let (seq, rows) = t.stats();
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            r#"{{"topic":"{}","id":"{seq}","rows":{rows},"subscribers":{}}}"#,
+            t.name,
+            t.subscribers.load(Ordering::Relaxed)
+        ));
+    }
+    s.push_str("]}");
+    Ok((200, "application/json", Bytes::from(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::http::parse::parse;
+
+    fn req(text: &str) -> Request {
+        parse(text.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn paths_name_their_endpoints() {
+        let cases = [
+            ("GET /healthz HTTP/1.1\r\n\r\n", Endpoint::Healthz),
+            ("GET /metrics HTTP/1.1\r\n\r\n", Endpoint::Metrics),
+            ("GET / HTTP/1.1\r\n\r\n", Endpoint::Index),
+            (
+                "GET /v1/snapshot/a/b HTTP/1.1\r\n\r\n",
+                Endpoint::Snapshot("a/b"),
+            ),
+            (
+                "POST /v1/publish/x HTTP/1.1\r\n\r\n",
+                Endpoint::Publish("x"),
+            ),
+            (
+                "POST /v1/stream/token HTTP/1.1\r\n\r\n",
+                Endpoint::StreamToken,
+            ),
+            ("GET /v1/topics HTTP/1.1\r\n\r\n", Endpoint::Topics),
+            ("OPTIONS /v1/sse/x HTTP/1.1\r\n\r\n", Endpoint::Preflight),
+            ("GET /__sluice/panic HTTP/1.1\r\n\r\n", Endpoint::NotFound),
+            ("GET /nothing HTTP/1.1\r\n\r\n", Endpoint::NotFound),
+        ];
+        for (text, want) in cases {
+            let r = req(text);
+            assert_eq!(Endpoint::of(&r), want, "{text}");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The worker-side half of one SSE connection: its queue of shared frames,
+//! its state, and what the wheel and the permits need to know of it.
+//!
+//! Hot: the fan-out queues on it per event (a `VecDeque` push of an `Rc`, no
+//! allocation once the queue has grown). Shared (`Rc`) between its filter
+//! group, the timer wheel, the permit queues and its stream task, all on
+//! one worker thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::task::Waker;
+
+use super::iovec::{Frame, FrameBatch};
+use super::wheel::secs_to_ms;
+use super::{CLOSE_GRACE_S, NOT_WRITING};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubState {
+    Open,
+    /// Closing frame queued: flush the queue, then close.
+    Closing,
+    /// Close now, abandoning any write in flight.
+    Abort,
+    /// The connection task has ended.
+    Closed,
+}
+
+/// The worker-side half of one SSE connection, shared (`Rc`) between its
+/// group, the timer wheel and the connection task.
+pub struct Subscriber {
+    pub(super) queue: RefCell<VecDeque<Frame>>,
+    pub(super) queued_bytes: Cell<usize>,
+    pub(super) waker: Cell<Option<Waker>>,
+    pub(super) state: Cell<SubState>,
+    pub(super) events: Cell<u32>,
+    /// Worker clock (ms) of the last frame queued: silence counts from here.
+    pub(super) last_write: Cell<u64>,
+    /// Worker clock (ms) at which `max_duration_s` is reached (`u64::MAX`:
+    /// never).
+    pub(super) deadline: u64,
+    /// Worker clock (ms) after which a closing connection is aborted.
+    pub(super) close_deadline: Cell<u64>,
+    pub(super) heartbeat_s: u32,
+    /// Holds one of the worker's write permits.
+    pub(super) permit: Cell<bool>,
+    /// Waiting in the worker's permit queue, or writing: the fan-out need
+    /// not wake it (it looks at its queue when the write ends).
+    pub(super) busy: Cell<bool>,
+    /// The permit reaper's epoch when this stream took its permit.
+    pub(super) permit_epoch: Cell<u32>,
+    /// Worker tick at which its current write began (`NOT_WRITING`: none).
+    /// A write still in flight `slow_consumer_s` later means the socket has
+    /// not drained for that long.
+    pub(super) write_since: Cell<u64>,
+    /// A raw-tier stream: waits for write permits ahead of coalesced ones.
+    pub(super) raw_tier: bool,
+}
+
+impl Subscriber {
+    /// A stream starting at `now` ([`Worker::now`]).
+    pub fn new(now: u64, heartbeat_s: u32, max_duration_s: u32, raw_tier: bool) -> Subscriber {
+        let deadline = if max_duration_s == 0 {
+            u64::MAX
+        } else {
+            now.saturating_add(secs_to_ms(max_duration_s))
+        };
+        Subscriber {
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            waker: Cell::new(None),
+            state: Cell::new(SubState::Open),
+            events: Cell::new(0),
+            last_write: Cell::new(now),
+            deadline,
+            close_deadline: Cell::new(u64::MAX),
+            heartbeat_s,
+            permit: Cell::new(false),
+            busy: Cell::new(false),
+            permit_epoch: Cell::new(0),
+            write_since: Cell::new(NOT_WRITING),
+            raw_tier,
+        }
+    }
+
+    pub fn state(&self) -> SubState {
+        self.state.get()
+    }
+
+    pub fn has_queued(&self) -> bool {
+        self.queued_bytes.get() > 0
+    }
+
+    /// The connection task's waker, kept until the next push.
+    pub fn register(&self, waker: &Waker) {
+        let old = self.waker.take();
+        match old {
+            Some(w) if w.will_wake(waker) => self.waker.set(Some(w)),
+            _ => self.waker.set(Some(waker.clone())),
+        }
+    }
+
+    pub(super) fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a frame (no wake; callers wake once after queueing).
+    pub fn push(&self, frame: Frame) {
+        self.queued_bytes.set(self.queued_bytes.get() + frame.len());
+        self.queue.borrow_mut().push_back(frame);
+    }
+
+    /// Takes queued frames into a write batch.
+    pub fn take_into(&self, batch: &mut FrameBatch) {
+        let n = batch.fill(&mut self.queue.borrow_mut());
+        self.queued_bytes.set(self.queued_bytes.get() - n);
+    }
+
+    /// Counts update frames sent outside the fan-out (a replay).
+    pub fn count_events(&self, n: u32) {
+        self.events.set(self.events.get().saturating_add(n));
+    }
+
+    pub fn events(&self) -> u32 {
+        self.events.get()
+    }
+
+    /// Queues a closing frame and lets the connection flush, then close.
+    pub fn close_with(&self, frame: Frame, now: u64) {
+        if self.state.get() == SubState::Open {
+            self.push(frame);
+            self.state.set(SubState::Closing);
+            self.close_deadline
+                .set(now.saturating_add(secs_to_ms(CLOSE_GRACE_S)));
+            self.wake();
+        }
+    }
+
+    /// When the stream next needs the wheel: its next heartbeat, or its max
+    /// duration if that comes first; once closing, its close deadline.
+    pub(super) fn next_due(&self) -> u64 {
+        match self.state.get() {
+            SubState::Open => self
+                .last_write
+                .get()
+                .saturating_add(secs_to_ms(self.heartbeat_s))
+                .min(self.deadline),
+            _ => self.close_deadline.get(),
+        }
+    }
+
+    /// Marks the connection task ended.
+    pub fn set_closed(&self) {
+        self.state.set(SubState::Closed);
+        self.queue.borrow_mut().clear();
+        self.queued_bytes.set(0);
+    }
+}
+
+/// `retry_ms` spread by ±25% so that reconnects spread out.
+pub fn jittered_retry(retry_ms: u32) -> u32 {
+    let spread = retry_ms / 4;
+    retry_ms - spread + fastrand::u32(0..=spread * 2)
+}
