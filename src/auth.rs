@@ -38,64 +38,8 @@ use sha2::{Digest, Sha256};
 use simd_json::prelude::*;
 use subtle::ConstantTimeEq;
 
+pub use crate::config::values::{KeySecret, Role};
 use crate::config::{Key, Settings};
-
-/// What a key may do. Every role may subscribe; `publisher` and `admin` may
-/// publish; only `admin` may list topics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Subscriber,
-    Publisher,
-    Admin,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "subscriber" => Some(Role::Subscriber),
-            "publisher" => Some(Role::Publisher),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-
-    pub fn may_publish(self) -> bool {
-        matches!(self, Role::Publisher | Role::Admin)
-    }
-}
-
-/// A key's secret, as the SHA-256 digest of its bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeySecret([u8; 32]);
-
-impl std::fmt::Debug for KeySecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeySecret(..)")
-    }
-}
-
-impl KeySecret {
-    pub fn plain(key: &str) -> KeySecret {
-        KeySecret(Sha256::digest(key.as_bytes()).into())
-    }
-
-    pub fn from_sha256_hex(hex_digest: &str) -> Option<KeySecret> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_digest.trim(), &mut out).ok()?;
-        Some(KeySecret(out))
-    }
-
-    /// Whether this is the secret `key` (for flagging published examples).
-    pub fn is(&self, key: &str) -> bool {
-        bool::from(self.0.ct_eq(&KeySecret::plain(key).0))
-    }
-
-    /// Whether this is the all-zero `key_sha256` that example configs use as
-    /// a placeholder: no key hashes to it, so it never authenticates.
-    pub fn is_placeholder(&self) -> bool {
-        self.0 == [0; 32]
-    }
-}
 
 /// Where a credential came from (first match wins, in SPEC order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +128,7 @@ impl Keys {
         let by_digest = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| (k.secret.0, i))
+            .map(|(i, k)| (*k.secret.digest(), i))
             .collect();
         let by_name = keys
             .iter()
@@ -321,7 +265,7 @@ impl Keys {
         }
         let digest: [u8; 32] = Sha256::digest(cred.value.as_bytes()).into();
         match self.by_digest.get(&digest) {
-            Some(&i) if bool::from(settings.keys[i].secret.0.ct_eq(&digest)) => {
+            Some(&i) if bool::from(settings.keys[i].secret.digest().ct_eq(&digest)) => {
                 Ok(Principal::Key(i))
             }
             _ => Err(AuthError::Unknown),

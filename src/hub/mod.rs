@@ -28,6 +28,7 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use indexmap::IndexMap;
 
+pub use crate::config::values::{MAX_TOPIC_BYTES, topic_name_is_valid};
 use crate::config::{Settings, TopicRule};
 use crate::sse;
 use crate::time::{unix_micros, unix_millis};
@@ -36,20 +37,6 @@ pub use ring::{Entry, Read, Ring};
 
 /// Most topics a node keeps (a subscriber may create a topic by naming it).
 pub const MAX_TOPICS: usize = 100_000;
-/// Longest topic name, in bytes (SPEC §1).
-pub const MAX_TOPIC_BYTES: usize = 200;
-
-/// `[A-Za-z0-9._~:@-]` segments joined by `/`, 1–200 bytes.
-pub fn topic_name_is_valid(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_TOPIC_BYTES
-        && name.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
-        })
-}
 
 /// One published row: its compact JSON, its state-table key if the topic
 /// has one ([`row_key`]: its key fields' texts, injectively encoded), and its values of the topic's filter fields (`None`: the row

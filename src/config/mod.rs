@@ -13,11 +13,13 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::auth::{KeySecret, Role};
-use crate::hub::topic_name_is_valid;
+pub mod values;
+
+use values::topic_name_is_valid;
+pub use values::{KeySecret, Role};
 
 /// The built-in demo configuration (`sluice serve` without `--config`).
-pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
 /// Secrets that ship in this repository's example configs, README and
 /// docs, and the usual stand-ins: [`Settings::warnings`] flags a
