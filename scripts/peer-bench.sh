@@ -23,8 +23,13 @@ chmod -R u+w "$work"
 cp "$repo/scripts/bench-target.sh" "$work/targets/sluice.sh"
 [ -x "$work/target/release/ssebench" ] && [ -x "$work/floor/floor" ] || (cd "$work" && ./build.sh >/dev/null)
 
-(cd "$repo" && cargo build --release --locked)
-export SLUICE_BIN="$repo/target/release/sluice" SLUICE_CONFIG="$repo/scripts/bench.toml" SLUICE_REPO="$repo"
+# SLUICE_BIN=path runs another build (e.g. a copy of an older one, to
+# compare two builds in one sitting); SLUICE_LABEL names it in the results.
+if [ -z "${SLUICE_BIN:-}" ]; then
+  (cd "$repo" && cargo build --release --locked)
+  SLUICE_BIN="$repo/target/release/sluice"
+fi
+export SLUICE_BIN SLUICE_CONFIG="${SLUICE_CONFIG:-$repo/scripts/bench.toml}" SLUICE_REPO="$repo" SLUICE_LABEL="${SLUICE_LABEL:-}"
 for t in "${targets[@]}"; do
   "$work/run.sh" "$t" "$scenario"
 done
