@@ -1,9 +1,10 @@
 //! `sluice bench`: a wrk-style SSE load generator. It holds many SSE
-//! connections on its own thread-per-core monoio runtime (io_uring, epoll
-//! where io_uring is missing), optionally publishes at a fixed rate rows that
-//! carry their send time, and reports what it received: connections, events,
-//! bytes, rates, publish-to-receive latency (hdrhistogram), gaps and
-//! duplicates, reconnects, and its own CPU time.
+//! connections on its own thread-per-core monoio runtimes (built as the
+//! server's are, by `server::runtime`: io_uring, epoll where io_uring is
+//! missing or `SLUICE_DRIVER=epoll`), optionally publishes at a fixed rate
+//! rows that carry their send time, and reports what it received:
+//! connections, events, bytes, rates, publish-to-receive latency
+//! (hdrhistogram), gaps and duplicates, reconnects, and its own CPU time.
 //!
 //! Cold for sluice, hot for itself: per connection one read buffer and a
 //! [`scan::Scanner`]; per read one pass of `memchr` and a few counters; no
@@ -46,6 +47,7 @@ use monoio::net::TcpStream;
 use scan::{Event, Scanner};
 
 use crate::server::chunked::{ChunkedDecoder, Progress};
+use crate::server::runtime::{self, Driver};
 
 /// Read buffer per connection.
 const READ_BYTES: usize = 16 * 1024;
@@ -714,24 +716,7 @@ fn run_thread(
         let ctx = ctx.clone();
         async move { thread_main(t, ctx, deadline, end).await }
     };
-    let force_epoll = std::env::var("SLUICE_DRIVER").is_ok_and(|v| v == "epoll");
-    let uring = if force_epoll {
-        None
-    } else {
-        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(4096)
-            .enable_timer()
-            .build()
-            .ok()
-    };
-    match uring {
-        Some(mut rt) => rt.block_on(main),
-        None => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .context("cannot start a runtime")?
-            .block_on(main),
-    }
+    runtime::block_on(Driver::from_env(), main).context("cannot start a runtime")?;
     // The runtime (and every connection on it) is gone: the stats are ours.
     let stats = std::mem::replace(&mut *ctx.stats.borrow_mut(), ThreadStats::new());
     Ok(stats)
