@@ -15,6 +15,8 @@ use super::sys;
 pub const CONNECTIONS_PER_SOURCE_IP: usize = 25_000;
 /// Default `--read-interval`, in ms.
 pub const DEFAULT_READ_INTERVAL_MS: u64 = 200;
+/// Default `--max-errors-pct`.
+pub const DEFAULT_MAX_ERRORS_PCT: f64 = 1.0;
 
 pub const USAGE: &str = "usage: sluice bench --url URL [options]
   --url URL                 SSE URL (repeatable; connections are spread over them round robin).
@@ -38,8 +40,16 @@ pub const USAGE: &str = "usage: sluice bench --url URL [options]
                             reads and window-update ACKs that dominate a reader's CPU. Every
                             50th connection is a latency probe that is never paced; latency
                             comes from the probes only.
+  --max-errors-pct 1        the run fails (exit status 2) when more than this percentage of
+                            connections failed to open, of open connections had an error later
+                            (a failed reconnect, a failed read), or of publishes failed; and
+                            whenever no connection was established at all (default 1)
   --json                    print the summary as one JSON object
-Only loopback targets (127.0.0.0/8, ::1) are accepted.";
+Only loopback targets (127.0.0.0/8, ::1) are accepted.
+Latency is taken from live updates only: rows of an initial_state, or replayed after a
+reconnect (published before that connection was opened), are counted apart as stale.
+Exit status: 0 the run passed; 1 bad arguments or the bench could not run; 2 the run
+failed (see --max-errors-pct; the summary is printed all the same, the reasons on stderr).";
 
 /// What `sluice bench` was asked to do.
 #[derive(Debug, Clone)]
@@ -58,6 +68,8 @@ pub struct Args {
     pub json: bool,
     /// Least time between two reads of one connection (0: read at once).
     pub read_interval: Duration,
+    /// Highest error percentage of any class that still passes the run.
+    pub max_errors_pct: f64,
 }
 
 /// An `http://` URL on loopback.
@@ -164,6 +176,7 @@ impl Args {
             threads: 0,
             json: false,
             read_interval: Duration::from_millis(DEFAULT_READ_INTERVAL_MS),
+            max_errors_pct: DEFAULT_MAX_ERRORS_PCT,
         };
         let mut it = args.iter();
         while let Some(&k) = it.next() {
@@ -216,6 +229,18 @@ impl Args {
                     } else {
                         parse_duration(v)?
                     };
+                }
+                "--max-errors-pct" => {
+                    let v = val()?;
+                    a.max_errors_pct = v
+                        .strip_suffix('%')
+                        .unwrap_or(v)
+                        .parse()
+                        .ok()
+                        .filter(|p: &f64| (0.0..=100.0).contains(p))
+                        .with_context(|| {
+                            format!("--max-errors-pct: a number in 0..100, not '{v}'")
+                        })?;
                 }
                 "-h" | "--help" => bail!("{USAGE}"),
                 other => bail!("unknown option {other}\n{USAGE}"),
@@ -309,5 +334,20 @@ mod tests {
         assert_eq!(paths, ["/v1/sse/a", "/v1/sse/b"]);
         assert!(Args::parse(&["-c", "1"]).is_err(), "--url is required");
         assert!(Args::parse(&["--url", "http://127.0.0.1:1/", "-H", "bad"]).is_err());
+    }
+
+    #[test]
+    fn error_thresholds_are_percentages() {
+        let url = ["--url", "http://127.0.0.1:1/"];
+        let parse = |v: &str| Args::parse(&[url[0], url[1], "--max-errors-pct", v]);
+        assert_eq!(
+            Args::parse(&url).unwrap().max_errors_pct,
+            DEFAULT_MAX_ERRORS_PCT
+        );
+        assert_eq!(parse("0").unwrap().max_errors_pct, 0.0);
+        assert_eq!(parse("2.5%").unwrap().max_errors_pct, 2.5);
+        for bad in ["-1", "101", "many", "NaN"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

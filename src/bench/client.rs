@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -198,6 +198,9 @@ struct Stream {
     scanner: Scanner,
     /// Events seen over every connection of this stream.
     seen: u64,
+    /// When the current connection was opened (CLOCK_REALTIME ns): rows
+    /// published before it are replays or state, not live updates.
+    opened_ns: u64,
 }
 
 /// One SSE stream, reconnected (with `Last-Event-ID`) when the server
@@ -214,6 +217,7 @@ pub(super) async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
         last_seq: None,
         scanner: Scanner::default(),
         seen: 0,
+        opened_ns: 0,
     };
     let live = s.ctx.live.clone();
     let mut buf = vec![0u8; READ_BYTES];
@@ -222,6 +226,8 @@ pub(super) async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
         if s.ctx.stop.load(Ordering::Acquire) {
             return;
         }
+        s.opened_ns = sys::now_ns();
+        let started = Instant::now();
         let (mut conn, head) = match s.open(&mut buf).await {
             Ok(opened) => opened,
             Err(why) => {
@@ -231,10 +237,20 @@ pub(super) async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
                     return;
                 }
                 live.errors.fetch_add(1, Ordering::Relaxed);
+                s.ctx
+                    .stats
+                    .borrow_mut()
+                    .error(&format!("reconnect: {}", why.reason()));
                 monoio::time::sleep(Duration::from_millis(MAX_RETRY_MS)).await;
                 continue;
             }
         };
+        let connect_us = started.elapsed().as_micros() as u64;
+        s.ctx
+            .stats
+            .borrow_mut()
+            .connect
+            .saturating_record(connect_us.max(1));
         if first {
             live.established.fetch_add(1, Ordering::Relaxed);
             first = false;
@@ -242,8 +258,15 @@ pub(super) async fn stream_loop(ctx: Rc<Ctx>, i: usize) {
             s.ctx.stats.borrow_mut().reconnects += 1;
         }
         live.open.fetch_add(1, Ordering::Relaxed);
-        let _ = s.read_body(&mut conn, head, &mut buf).await;
+        let read = s.read_body(&mut conn, head, &mut buf).await;
         live.open.fetch_sub(1, Ordering::Relaxed);
+        if let Err(e) = read {
+            live.errors.fetch_add(1, Ordering::Relaxed);
+            s.ctx
+                .stats
+                .borrow_mut()
+                .error(&format!("read: {}", e.kind()));
+        }
         s.scanner.reset();
         if s.ctx.stop.load(Ordering::Acquire) {
             return;
@@ -322,11 +345,13 @@ impl Stream {
     }
 
     /// Counts the events in SSE payload bytes: ids, duplicates, gaps and
-    /// (on probes) latency.
+    /// (on probes) the latency of live updates. An initial state restarts
+    /// the `seq` check: it holds rows of the past (of an earlier run, say),
+    /// not the next row of this one.
     fn payload(&mut self, data: &[u8]) {
         let ctx = &*self.ctx;
         let live = &ctx.live;
-        let probe = self.probe;
+        let (probe, opened_ns) = (self.probe, self.opened_ns);
         let mut events = 0u64;
         let now = sys::now_ns();
         let mut st = ctx.stats.borrow_mut();
@@ -340,10 +365,16 @@ impl Stream {
                 *last_id = Some(id);
             }
             if probe && let Some(ts) = ev.ts_ns {
-                let us = now.saturating_sub(ts) / 1000;
-                st.hist.saturating_record(us.max(1));
+                if ev.initial_state || ts < opened_ns {
+                    st.lat_excluded += 1;
+                } else {
+                    let us = now.saturating_sub(ts) / 1000;
+                    st.lat.saturating_record(us.max(1));
+                }
             }
-            if ev.count == Some(1)
+            if ev.initial_state {
+                *last_seq = None;
+            } else if ev.count == Some(1)
                 && let Some(seq) = ev.seq
             {
                 if let Some(prev) = *last_seq {

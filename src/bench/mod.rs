@@ -16,7 +16,13 @@
 //! - *latency* is taken from the first `"ts_ns":` of an event's data (the
 //!   publish time in CLOCK_REALTIME ns, as written by `--publish` or the
 //!   peer harness's ssepub), on probe connections only (every
-//!   [`PROBE_EVERY`]th, never read-paced);
+//!   [`PROBE_EVERY`]th, never read-paced), and of live updates only: an
+//!   `initial_state`, or a row published before its connection was opened
+//!   (a replay after a reconnect), is counted in `lat_excluded` instead, so
+//!   that a rerun against a topic with state does not report the age of
+//!   that state;
+//! - *connect time* runs from the TCP connect to a `200` response head, for
+//!   every stream opened (reconnects included);
 //! - *read pacing*: other connections read at most once per
 //!   `--read-interval` unless a read filled the buffer. On loopback a
 //!   reader's CPU goes mostly to its reads and the window-update ACKs they
@@ -27,7 +33,14 @@
 //!   that stream (across its reconnects, which send `Last-Event-ID`);
 //! - a *gap* is a jump in the `"seq":` of one-row events (`"count":1`) on one
 //!   stream: `seq` n followed by n + k counts k − 1 missing. Rows of coalesced
-//!   frames skip versions by design and are not checked.
+//!   frames skip versions by design and are not checked. An initial state
+//!   restarts the check.
+//! - *errors*: streams that failed to open (`failed`), errors of opened
+//!   streams (failed reads and reconnects) and failed publishes; the run
+//!   fails ([`Summary::problems`], exit status 2) when no stream opened or
+//!   any of the three passes `--max-errors-pct` of its total. Gaps and
+//!   duplicates are reported, never fatal: a server may resync a lagging
+//!   reader from its state by design.
 //!
 //! Layout: this file runs the threads and gathers their counts; `args`
 //! parses the command line, `client` holds the SSE streams (connect, read
@@ -52,10 +65,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 
-pub use args::{Args, CONNECTIONS_PER_SOURCE_IP, DEFAULT_READ_INTERVAL_MS, USAGE, Url};
+pub use args::{
+    Args, CONNECTIONS_PER_SOURCE_IP, DEFAULT_MAX_ERRORS_PCT, DEFAULT_READ_INTERVAL_MS, USAGE, Url,
+};
 pub use client::PROBE_EVERY;
 use client::{PACER_SLOTS, Pacer};
-pub use report::Summary;
+pub use report::{Bar, Quantiles, Summary};
 
 use crate::server::runtime::{self, Driver};
 
@@ -74,22 +89,48 @@ struct Live {
     errors: AtomicU64,
 }
 
+/// Reasons with how often each happened, in order of first occurrence.
+type Reasons = Vec<(String, u64)>;
+
+fn tally(reasons: &mut Reasons, reason: &str, n: u64) {
+    match reasons.iter_mut().find(|(r, _)| r == reason) {
+        Some((_, k)) => *k += n,
+        None => reasons.push((reason.to_string(), n)),
+    }
+}
+
+/// A histogram of µs from 1 µs to an hour, at 3 significant digits.
+fn us_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
 /// What one runtime thread measured.
 struct ThreadStats {
-    hist: Histogram<u64>,
+    /// Publish-to-receive latency of live updates on probes (µs).
+    lat: Histogram<u64>,
+    /// Events on probes whose `ts_ns` was left out of `lat`: initial
+    /// states, and rows published before their connection was opened.
+    lat_excluded: u64,
+    /// Time from connect to a `200` head, of every stream opened (µs).
+    connect: Histogram<u64>,
     gaps: u64,
     duplicates: u64,
     reconnects: u64,
     published: u64,
     publish_errors: u64,
     publish_late: u64,
-    fail_reasons: Vec<(String, u64)>,
+    /// Why streams failed to open at their first attempt.
+    fail_reasons: Reasons,
+    /// Why opened streams had errors later (failed reads and reconnects).
+    error_reasons: Reasons,
 }
 
 impl ThreadStats {
     fn new() -> ThreadStats {
         ThreadStats {
-            hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            lat: us_histogram(),
+            lat_excluded: 0,
+            connect: us_histogram(),
             gaps: 0,
             duplicates: 0,
             reconnects: 0,
@@ -97,14 +138,38 @@ impl ThreadStats {
             publish_errors: 0,
             publish_late: 0,
             fail_reasons: Vec::new(),
+            error_reasons: Vec::new(),
         }
     }
 
     fn fail(&mut self, reason: &str) {
-        match self.fail_reasons.iter_mut().find(|(r, _)| r == reason) {
-            Some((_, n)) => *n += 1,
-            None => self.fail_reasons.push((reason.to_string(), 1)),
+        tally(&mut self.fail_reasons, reason, 1);
+    }
+
+    fn error(&mut self, reason: &str) {
+        tally(&mut self.error_reasons, reason, 1);
+    }
+
+    /// Adds another thread's counts to these.
+    fn merge(&mut self, other: ThreadStats) -> anyhow::Result<()> {
+        self.lat.add(&other.lat).context("merge histograms")?;
+        self.connect
+            .add(&other.connect)
+            .context("merge histograms")?;
+        self.lat_excluded += other.lat_excluded;
+        self.gaps += other.gaps;
+        self.duplicates += other.duplicates;
+        self.reconnects += other.reconnects;
+        self.published += other.published;
+        self.publish_errors += other.publish_errors;
+        self.publish_late += other.publish_late;
+        for (r, n) in other.fail_reasons {
+            tally(&mut self.fail_reasons, &r, n);
         }
+        for (r, n) in other.error_reasons {
+            tally(&mut self.error_reasons, &r, n);
+        }
+        Ok(())
     }
 }
 
@@ -178,59 +243,46 @@ pub fn run(args: Args) -> anyhow::Result<Summary> {
     }
     let open_at_end = live.open.load(Ordering::Relaxed);
     let window_s = t0.elapsed().as_secs_f64();
-    let mut hist = ThreadStats::new();
+    let mut all = ThreadStats::new();
     for t in threads {
         let st = t
             .join()
             .map_err(|_| anyhow::anyhow!("a bench thread panicked"))??;
-        hist.hist.add(&st.hist).context("merge histograms")?;
-        hist.gaps += st.gaps;
-        hist.duplicates += st.duplicates;
-        hist.reconnects += st.reconnects;
-        hist.published += st.published;
-        hist.publish_errors += st.publish_errors;
-        hist.publish_late += st.publish_late;
-        for (r, n) in st.fail_reasons {
-            for _ in 0..n {
-                hist.fail(&r);
-            }
-        }
+        all.merge(st)?;
     }
     let cpu_s = sys::process_cpu_s() - cpu0;
-    let h = &hist.hist;
-    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     let events = live.events.load(Ordering::Relaxed);
+    let bytes = live.bytes.load(Ordering::Relaxed);
     Ok(Summary {
         connections: args.connections,
         established: live.established.load(Ordering::Relaxed),
         failed: live.failed.load(Ordering::Relaxed),
-        fail_reasons: hist.fail_reasons,
+        fail_reasons: all.fail_reasons,
+        errors: live.errors.load(Ordering::Relaxed),
+        error_reasons: all.error_reasons,
+        connect_ms: Quantiles::of(&all.connect),
         open_at_end,
         all_ready_s: match live.all_ready_us.load(Ordering::Relaxed) {
             0 => None,
             us => Some(us as f64 / 1e6),
         },
         events,
-        bytes: live.bytes.load(Ordering::Relaxed),
+        bytes,
         window_s,
         events_per_s: events as f64 / window_s,
-        lat_ms: [
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            h.max() as f64 / 1000.0,
-            h.mean() / 1000.0,
-        ],
-        lat_count: h.len(),
-        gaps: hist.gaps,
-        duplicates: hist.duplicates,
-        reconnects: hist.reconnects,
-        published: hist.published,
-        publish_errors: hist.publish_errors,
-        publish_late: hist.publish_late,
+        mb_per_s: bytes as f64 / 1e6 / window_s,
+        lat_ms: Quantiles::of(&all.lat),
+        lat_hist: report::bars(&all.lat),
+        lat_excluded: all.lat_excluded,
+        gaps: all.gaps,
+        duplicates: all.duplicates,
+        reconnects: all.reconnects,
+        published: all.published,
+        publish_errors: all.publish_errors,
+        publish_late: all.publish_late,
         cpu_s,
         threads: args.threads,
+        max_errors_pct: args.max_errors_pct,
     })
 }
 
