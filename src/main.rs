@@ -68,7 +68,15 @@ fn bench(args: &[&str]) -> ExitCode {
             } else {
                 print!("{}", summary.to_text());
             }
-            ExitCode::SUCCESS
+            let problems = summary.problems();
+            for p in &problems {
+                eprintln!("sluice bench: FAILED: {p}");
+            }
+            if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
         }
         Err(e) => {
             eprintln!("sluice bench: {e:#}");

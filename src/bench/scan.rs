@@ -1,8 +1,8 @@
 //! A streaming SSE scanner for the load generator: counts events as an
 //! EventSource would dispatch them (a blank line after at least one `data:`
 //! line), and pulls from each event only what the report needs: its `id:`,
-//! `retry:`, and from the start of its data the first `"ts_ns":`, `"seq":`
-//! and `"count":` numbers.
+//! `retry:`, whether it is an `initial_state`, and from the start of its
+//! data the first `"ts_ns":`, `"seq":` and `"count":` numbers.
 //!
 //! Hot for the load generator: it runs on every byte received, never
 //! allocates after construction, and looks at no more than the first
@@ -24,6 +24,9 @@ pub struct Event {
     pub seq: Option<u64>,
     /// `"count":N` in the data (rows in the frame).
     pub count: Option<u64>,
+    /// `event: initial_state`: rows of the state table, published before
+    /// the stream began.
+    pub initial_state: bool,
 }
 
 /// The scanner's state between reads.
@@ -111,6 +114,8 @@ impl Scanner {
                 self.pending.seq = number_after(v, b"\"seq\":");
                 self.pending.count = number_after(v, b"\"count\":");
             }
+        } else if let Some(v) = field(head, b"event") {
+            self.pending.initial_state = v == b"initial_state";
         } else if let Some(v) = field(head, b"id") {
             self.pending.id = parse_u64(v);
         } else if let Some(v) = field(head, b"retry") {
@@ -179,7 +184,8 @@ id: 43\nevent: x\n\n";
                     id: Some(42),
                     ts_ns: Some(123),
                     seq: Some(7),
-                    count: Some(1)
+                    count: Some(1),
+                    initial_state: false,
                 },
                 "piece {piece}"
             );
@@ -187,6 +193,19 @@ id: 43\nevent: x\n\n";
         let mut s = Scanner::default();
         s.feed(input, |_| {});
         assert_eq!(s.retry_ms, Some(3000));
+    }
+
+    #[test]
+    fn initial_states_are_told_from_updates() {
+        let input =
+            b"event: initial_state\nid: 5\ndata: {\"count\":1,\"data\":[{\"ts_ns\":9}]}\n\n\
+event: update\nid: 6\ndata: {\"count\":1,\"data\":[{\"ts_ns\":10}]}\n\n\
+id: 7\ndata: {}\n\n";
+        for piece in [1, 5, 4096] {
+            let ev = scan_in_pieces(input, piece);
+            let states: Vec<bool> = ev.iter().map(|e| e.initial_state).collect();
+            assert_eq!(states, [true, false, false], "piece {piece}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod routes;
+pub mod runtime;
 pub mod worker;
 
 use std::io;
@@ -26,19 +27,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use monoio::net::TcpListener;
-use monoio::time::TimeDriver;
-use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::auth::Keys;
 use crate::config::{Settings, SourceKind};
 use crate::hub::Hub;
 use crate::sources;
+use runtime::{Driver, Runtime};
 use worker::Worker;
 
 /// How often a draining worker looks whether it, then every worker, is done.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
-/// io_uring submission queue entries per worker.
-pub const URING_ENTRIES: u32 = 4096;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,24 +49,6 @@ pub enum ServerError {
     Signals(io::Error),
     #[error("worker {0} stopped unexpectedly; exiting")]
     WorkerDied(usize),
-}
-
-/// Which I/O driver the workers run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriverChoice {
-    /// io_uring where available, else epoll (with one log line).
-    Auto,
-    /// epoll only (`SLUICE_DRIVER=epoll`; the tests use it to cover both).
-    Epoll,
-}
-
-impl DriverChoice {
-    pub fn from_env() -> DriverChoice {
-        match std::env::var("SLUICE_DRIVER").as_deref() {
-            Ok("epoll") | Ok("legacy") => DriverChoice::Epoll,
-            _ => DriverChoice::Auto,
-        }
-    }
 }
 
 /// Runs the server until SIGTERM / SIGINT and a clean drain.
@@ -94,7 +74,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
 
     let hub = Arc::new(Hub::new(settings.clone()));
     let keys = Arc::new(Keys::new(&settings.keys));
-    let driver = DriverChoice::from_env();
+    let driver = Driver::from_env();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 
     for source in &settings.sources {
@@ -203,38 +183,11 @@ fn run_worker(
     hub: Arc<Hub>,
     keys: Arc<Keys>,
     listener: std::net::TcpListener,
-    driver: DriverChoice,
+    driver: Driver,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
 ) {
     let drained = DrainedOnDrop(hub.clone());
-    if driver == DriverChoice::Auto {
-        match RuntimeBuilder::<IoUringDriver>::new()
-            .with_entries(URING_ENTRIES)
-            .enable_timer()
-            .build()
-        {
-            Ok(mut rt) => {
-                if id == 0 {
-                    tracing::info!("io_uring driver");
-                }
-                rt.block_on(worker_main(id, hub, keys, listener, events, drained));
-                return;
-            }
-            Err(e) => {
-                if id == 0 {
-                    tracing::warn!(error = %e, "io_uring is unavailable; using the epoll driver");
-                }
-            }
-        }
-    } else if id == 0 {
-        tracing::info!("epoll driver (SLUICE_DRIVER=epoll)");
-    }
-    let rt: io::Result<monoio::Runtime<TimeDriver<LegacyDriver>>> =
-        RuntimeBuilder::<LegacyDriver>::new()
-            .with_entries(URING_ENTRIES)
-            .enable_timer()
-            .build();
-    match rt {
+    match Runtime::new(driver) {
         Ok(mut rt) => rt.block_on(worker_main(id, hub, keys, listener, events, drained)),
         Err(e) => tracing::error!(error = %e, "cannot start worker {id}"),
     }
