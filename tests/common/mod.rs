@@ -137,8 +137,12 @@ impl Server {
                 .recv_timeout(left)
                 .expect("sluice did not say it was listening");
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let a = rest.split_whitespace().next().expect("addr");
-                break a.parse().expect("listen addr");
+                // text or JSON logs: the address ends at the first character
+                // that cannot be part of one
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_hexdigit() || ":.[]".contains(c)))
+                    .unwrap_or(rest.len());
+                break rest[..end].parse().expect("listen addr");
             }
         };
         Server {
