@@ -377,6 +377,12 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
             (503, "draining")
         } else if up < w.settings.workers {
             (503, "starting")
+        } else if w
+            .hub
+            .stalled_worker(crate::time::mono_ms(), crate::server::WORKER_STALL_MS)
+            .is_some()
+        {
+            (503, "stalled")
         } else {
             (200, "ok")
         };
@@ -488,6 +494,9 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     }
     if path == "/__sluice/panic" && crate::fault::injected("request") {
         panic!("injected fault (SLUICE_TEST_PANIC=request)");
+    }
+    if path == "/__sluice/stall" && crate::fault::stall_injected("worker") {
+        crate::fault::stall_forever();
     }
     Err((404, "no such endpoint"))
 }

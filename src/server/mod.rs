@@ -17,6 +17,7 @@ pub mod conn;
 pub mod http;
 pub mod iovec;
 pub mod limits;
+pub mod systemd;
 pub mod worker;
 
 use std::io;
@@ -72,6 +73,11 @@ fn fd_budget(max_connections: usize, workers: usize) -> usize {
     }
     max_connections.min(budget)
 }
+
+/// A worker whose event loop has not turned for this long is stuck:
+/// `/healthz` answers 503 (`stalled`) and `STATUS=` names it. (The systemd
+/// watchdog goes by its own interval: see `systemd`.)
+pub const WORKER_STALL_MS: u64 = 3000;
 
 /// io_uring submission queue entries per worker.
 pub const URING_ENTRIES: u32 = 4096;
@@ -216,6 +222,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
                 up += 1;
                 if up == settings.workers {
                     tracing::info!(%addr, workers = settings.workers, "listening on {addr}");
+                    systemd::start(hub.clone()).map_err(ServerError::Thread)?;
                 }
             }
             Ok(WorkerEvent::Ended(id)) => {
@@ -246,6 +253,7 @@ fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, Ser
                     continue;
                 }
                 tracing::info!(signal = sig, "draining");
+                systemd::stopping();
                 hub.drain();
                 break;
             }
@@ -334,6 +342,7 @@ async fn worker_main(
     monoio::spawn(worker::tick_loop(w.clone()));
     monoio::spawn(worker::reap_loop(w.clone()));
     monoio::spawn(accept_loop(w.clone(), listener));
+    w.hub.beat(id, crate::time::mono_ms());
     w.hub.workers_up.fetch_add(1, Ordering::Relaxed);
     let _ = events.send(WorkerEvent::Up);
     while !w.drained() {

@@ -990,11 +990,13 @@ pub async fn fanout_loop(w: Rc<Worker>) {
 
 /// Ticks the wheel every `TICK_MS` on the worker's monotonic clock. A
 /// wake-up that comes early or late is harmless: `tick` runs what the clock
-/// says is due.
+/// says is due. Each tick is the worker's heartbeat (`Hub::beat`): the
+/// systemd watchdog is fed only while every worker's loop turns.
 pub async fn tick_loop(w: Rc<Worker>) {
     loop {
         monoio::time::sleep(w.until_next_tick().max(Duration::from_millis(1))).await;
         w.tick();
+        w.hub.beat(w.id, crate::time::mono_ms());
     }
 }
 

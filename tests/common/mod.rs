@@ -92,6 +92,18 @@ impl Server {
         Server::start_file(path, driver)
     }
 
+    /// Starts sluice with extra environment variables.
+    pub fn start_env(config: &str, driver: Driver, env: &[(&str, &str)]) -> Server {
+        let path = temp_path("sluice.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(&path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Server::spawn(cmd, path, driver)
+    }
+
     pub fn start_file(config_path: PathBuf, driver: Driver) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config"]).arg(&config_path);
@@ -113,9 +125,10 @@ impl Server {
     }
 
     fn spawn(mut cmd: Command, config_path: PathBuf, driver: Driver) -> Server {
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("SLUICE_LOG", "info");
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        if !cmd.get_envs().any(|(k, _)| k == "SLUICE_LOG") {
+            cmd.env("SLUICE_LOG", "info");
+        }
         if driver == Driver::Epoll {
             cmd.env("SLUICE_DRIVER", "epoll");
         }
