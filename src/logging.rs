@@ -12,7 +12,7 @@
 //!   journal turns into the entry's priority, and lines carry no timestamp
 //!   (the journal stamps them).
 //!
-//! Access lines (`target: "sluice::access"`) are [`crate::access`]'s.
+//! Access lines (`target: "sluice::access"`) are [`crate::server::access`]'s.
 
 use std::fmt;
 

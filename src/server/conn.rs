@@ -25,6 +25,7 @@ use crate::config::fill;
 use crate::hub::filter::{Clause, Value};
 use crate::hub::{Filter, Start, Topic, TopicError};
 use crate::metrics;
+use crate::server::access::{self, CloseReason};
 use crate::server::chunked::{ChunkError, ChunkedDecoder, Progress};
 use crate::server::http::{self, HttpError, Method, Request};
 use crate::server::limits::PendingSlot;
@@ -279,6 +280,7 @@ async fn send_error(
     msg: &str,
 ) {
     metrics::http_response(status);
+    access::refused(req, status, msg);
     let origin = req.and_then(|r| r.header("origin"));
     let mut out = http::error_response(status, msg, false, &w.settings.cors, origin);
     if req.is_some_and(|r| r.method == Method::Head) {
@@ -345,10 +347,13 @@ fn route(w: &Worker, req: &Request, body: Vec<u8>, keep_alive: bool) -> BytesMut
                 http::response(status, ctype, &body, keep_alive, cors, origin, extra),
             )
         }
-        Err((status, msg)) => (
-            status,
-            http::error_response(status, msg, keep_alive, cors, origin),
-        ),
+        Err((status, msg)) => {
+            access::refused(Some(req), status, msg);
+            (
+                status,
+                http::error_response(status, msg, keep_alive, cors, origin),
+            )
+        }
     };
     metrics::http_response(status);
     if req.method == Method::Head {
@@ -400,8 +405,8 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
         method(req, Method::Get)?;
         metrics::set_node_gauges(
             w.hub.connections.load(Ordering::Relaxed),
-            w.hub.streams.load(Ordering::Relaxed),
             w.hub.topics().len(),
+            w.hub.workers_up.load(Ordering::Relaxed),
         );
         return Ok((
             200,
@@ -791,14 +796,18 @@ async fn stream_sse(
     metrics::http_response(200);
 
     let s = &w.settings;
-    let tier = &s.tiers[tier];
-    let sub = Rc::new(Subscriber::new(
-        w.now(),
-        heartbeat_s,
-        s.max_duration_s,
-        key,
-        tier.coalesce_ms == 0,
-    ));
+    let tier_index = tier;
+    let tier = &s.tiers[tier_index];
+    let sub = Rc::new(
+        Subscriber::new(
+            w.now(),
+            heartbeat_s,
+            s.max_duration_s,
+            key,
+            tier.coalesce_ms == 0,
+        )
+        .with_tier(tier_index),
+    );
     let start = w.subscribe(&topic, tier.cadence, filter.map(Rc::new), &sub, last_id);
 
     // Head, `connected`, then the replay or initial state: queued before
@@ -833,13 +842,18 @@ async fn stream_sse(
             }
             sub.count_events(n as u32);
             if s.max_events != 0 && sub.events() >= s.max_events {
-                sub.close_with(frame(sse::limit_frame(s.max_events)), w.now());
+                sub.close_with(
+                    frame(sse::limit_frame(s.max_events)),
+                    w.now(),
+                    CloseReason::Limit,
+                );
             }
         }
         Start::Fresh(f) => sub.push(frame(f)),
     }
     w.schedule(&sub);
     w.streams.set(w.streams.get() + 1);
+    w.counters.stream_opened(tier_index);
     w.hub.streams.fetch_add(1, Ordering::Relaxed);
     topic.subscribers.fetch_add(1, Ordering::Relaxed);
     // The stream lives on in a task of its own whose future is a third the
@@ -878,6 +892,7 @@ async fn run_stream(guard: ConnGuard, sub: Rc<Subscriber>, topic: Arc<Topic>, st
         loop {
             let more = poll_fn(|cx| {
                 if peer.as_mut().poll(cx).is_ready() {
+                    sub.set_close_reason(CloseReason::ClientClosed);
                     return Poll::Ready(false);
                 }
                 if sub.has_queued() {
@@ -902,7 +917,11 @@ async fn run_stream(guard: ConnGuard, sub: Rc<Subscriber>, topic: Arc<Topic>, st
                     if let Poll::Ready(r) = write.as_mut().poll(cx) {
                         return Poll::Ready(Some(r));
                     }
-                    if sub.state() == SubState::Abort || peer.as_mut().poll(cx).is_ready() {
+                    if sub.state() == SubState::Abort {
+                        return Poll::Ready(None);
+                    }
+                    if peer.as_mut().poll(cx).is_ready() {
+                        sub.set_close_reason(CloseReason::ClientClosed);
                         return Poll::Ready(None);
                     }
                     sub.register(cx.waker());
@@ -915,6 +934,8 @@ async fn run_stream(guard: ConnGuard, sub: Rc<Subscriber>, topic: Arc<Topic>, st
                 batch = b;
                 match res {
                     Ok(n) if n > 0 => {
+                        sub.wrote(n);
+                        w.counters.written(n);
                         batch.advance(n);
                         if !batch.is_empty() {
                             // A short write: the socket is full. The rest
@@ -922,7 +943,10 @@ async fn run_stream(guard: ConnGuard, sub: Rc<Subscriber>, topic: Arc<Topic>, st
                             w.write_stalled(sub);
                         }
                     }
-                    _ => break 'stream,
+                    _ => {
+                        sub.set_close_reason(CloseReason::WriteError);
+                        break 'stream;
+                    }
                 }
             }
             w.return_batch(batch);
@@ -938,6 +962,7 @@ async fn run_stream(guard: ConnGuard, sub: Rc<Subscriber>, topic: Arc<Topic>, st
     topic.subscribers.fetch_sub(1, Ordering::Relaxed);
     w.hub.streams.fetch_sub(1, Ordering::Relaxed);
     w.streams.set(w.streams.get() - 1);
+    access::stream_closed(w, sub, &topic);
 }
 
 #[cfg(test)]

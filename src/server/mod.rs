@@ -12,6 +12,7 @@
 //! is open, and a listener whose worker has stopped would leave them
 //! unanswered (or reset them as it closes).
 
+pub mod access;
 pub mod chunked;
 pub mod conn;
 pub mod http;

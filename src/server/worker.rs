@@ -35,9 +35,10 @@ use crate::auth::Keys;
 use crate::config::Settings;
 use crate::hub::{Filter, Hub, Read, Start, Topic};
 use crate::metrics::WorkerCounters;
+use crate::server::access::CloseReason;
 use crate::server::iovec::{Frame, FrameBatch};
 use crate::sse::{self, ReconnectReason};
-use crate::time::unix_secs;
+use crate::time::{unix_millis, unix_secs};
 
 /// Most bytes queued on one connection before it is a slow consumer.
 pub const MAX_QUEUED_BYTES: usize = 1 << 20;
@@ -124,6 +125,14 @@ pub struct Subscriber {
     pub key: Option<usize>,
     /// A raw-tier stream: waits for write permits ahead of coalesced ones.
     urgent: bool,
+    /// Its tier (index into `Settings::tiers`), for metrics and logs.
+    tier: usize,
+    /// Worker clock (ms) when it started.
+    started: u64,
+    /// Bytes written to its socket.
+    bytes: Cell<u64>,
+    /// Why it is closing; the first reason set wins.
+    close_reason: Cell<Option<CloseReason>>,
 }
 
 impl Subscriber {
@@ -156,6 +165,45 @@ impl Subscriber {
             write_since: Cell::new(NOT_WRITING),
             key,
             urgent,
+            tier: 0,
+            started: now,
+            bytes: Cell::new(0),
+            close_reason: Cell::new(None),
+        }
+    }
+
+    /// The same stream, of tier `tier` (index into `Settings::tiers`).
+    pub fn with_tier(mut self, tier: usize) -> Subscriber {
+        self.tier = tier;
+        self
+    }
+
+    pub fn tier(&self) -> usize {
+        self.tier
+    }
+
+    /// Worker clock (ms) when the stream started.
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+
+    /// Counts bytes written to the socket.
+    pub fn wrote(&self, n: usize) {
+        self.bytes.set(self.bytes.get().saturating_add(n as u64));
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.get()
+    }
+
+    /// Records why the stream ends, unless a reason is already recorded.
+    pub fn set_close_reason(&self, reason: CloseReason) {
+        if self.close_reason.get().is_none() {
+            self.close_reason.set(Some(reason));
         }
     }
 
@@ -204,8 +252,9 @@ impl Subscriber {
     }
 
     /// Queues a closing frame and lets the connection flush, then close.
-    pub fn close_with(&self, frame: Frame, now: u64) {
+    pub fn close_with(&self, frame: Frame, now: u64, reason: CloseReason) {
         if self.state.get() == SubState::Open {
+            self.set_close_reason(reason);
             self.push(frame);
             self.state.set(SubState::Closing);
             self.close_deadline
@@ -348,6 +397,7 @@ impl Worker {
             timeout: Rc::new(sse::timeout_frame(settings.max_duration_s)),
             limit: Rc::new(sse::limit_frame(settings.max_events)),
         };
+        let counters = WorkerCounters::new(id, &settings);
         Worker {
             id,
             hub,
@@ -363,7 +413,7 @@ impl Worker {
             frames: RefCell::new(frames),
             streams: Cell::new(0),
             draining_since: Cell::new(None),
-            counters: WorkerCounters::default(),
+            counters,
             permits: Cell::new(WRITE_PERMITS),
             permit_queues: [RefCell::new(VecDeque::new()), RefCell::new(VecDeque::new())],
             release_count: Cell::new(0),
@@ -661,6 +711,11 @@ impl Worker {
         let now = self.now();
         let max_events = self.settings.max_events;
         let tail = ring.tail().min(upto);
+        if cg.cursor >= tail {
+            return;
+        }
+        self.counters.ring_backlog(tail - cg.cursor);
+        let now_unix = unix_millis();
         while cg.cursor < tail {
             match ring.read(cg.cursor) {
                 Read::Frame(entry) => {
@@ -679,9 +734,13 @@ impl Worker {
                         };
                         delivered += self.fan_out(&mut g.members, &frame, now, max_events);
                     }
-                    self.counters
-                        .delivered
-                        .set(self.counters.delivered.get() + delivered);
+                    if delivered > 0 {
+                        self.counters.fanned_out(
+                            cg.cadence,
+                            now_unix.saturating_sub(entry.ts_ms),
+                            entry.frame.len(),
+                        );
+                    }
                 }
                 Read::Lagged => {
                     // The worker fell a full ring behind: every member gets a
@@ -725,11 +784,12 @@ impl Worker {
             }
             if self.queue(m, frame, now) {
                 delivered += 1;
+                self.counters.delivered(m.tier);
                 let n = m.events.get() + 1;
                 m.events.set(n);
                 if max_events != 0 && n >= max_events {
                     let limit = self.frames.borrow().limit.clone();
-                    self.close(m, limit, now);
+                    self.close(m, limit, now, CloseReason::Limit);
                 }
             }
             self.nudge(m);
@@ -751,6 +811,7 @@ impl Worker {
                 m,
                 Rc::new(sse::reconnect_frame(ReconnectReason::SlowConsumer, retry)),
                 now,
+                CloseReason::SlowConsumer,
             );
             self.counters
                 .slow_consumers
@@ -764,9 +825,9 @@ impl Worker {
 
     /// Queues a closing frame on an open stream and files it under its close
     /// deadline (its wheel entry may be as far as a heartbeat away).
-    fn close(&self, m: &Rc<Subscriber>, frame: Frame, now: u64) {
+    fn close(&self, m: &Rc<Subscriber>, frame: Frame, now: u64, reason: CloseReason) {
         if m.state.get() == SubState::Open {
-            m.close_with(frame, now);
+            m.close_with(frame, now, reason);
             self.put(m.clone(), m.close_deadline.get());
         }
     }
@@ -808,7 +869,7 @@ impl Worker {
             self.second.set(second);
             self.close_stalled(now);
             self.sweep_groups();
-            self.counters.flush(self.streams.get());
+            self.counters.flush();
         }
     }
 
@@ -837,7 +898,7 @@ impl Worker {
                 }
                 SubState::Open => {
                     if now >= sub.deadline {
-                        sub.close_with(timeout.clone(), stamp);
+                        sub.close_with(timeout.clone(), stamp, CloseReason::Timeout);
                         let at = sub.close_deadline.get();
                         self.put(sub, at);
                         continue;
@@ -873,6 +934,7 @@ impl Worker {
         };
         let abort = |sub: &Subscriber| {
             if sub.state.get() != SubState::Abort {
+                sub.set_close_reason(CloseReason::SlowConsumer);
                 sub.state.set(SubState::Abort);
                 sub.wake();
                 self.counters
@@ -930,6 +992,7 @@ impl Worker {
                     m,
                     Rc::new(sse::reconnect_frame(ReconnectReason::Shutdown, retry)),
                     now,
+                    CloseReason::Shutdown,
                 );
             }
             for cg in &tg.cadences {

@@ -72,6 +72,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub config_path: PathBuf,
     stderr: mpsc::Receiver<String>,
+    /// Lines up to "listening on", until `logs` hands them out.
+    early: std::sync::Mutex<Vec<String>>,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -144,11 +146,13 @@ impl Server {
             }
         });
         let deadline = Instant::now() + WAIT;
+        let mut early = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
-                .expect("sluice did not say it was listening");
+                .unwrap_or_else(|_| panic!("sluice did not say it was listening: {early:#?}"));
+            early.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 // text or JSON logs: the address ends at the first character
                 // that cannot be part of one
@@ -163,6 +167,7 @@ impl Server {
             addr,
             config_path,
             stderr: rx,
+            early: std::sync::Mutex::new(early),
         }
     }
 
@@ -210,9 +215,12 @@ impl Server {
         assert!(ok, "kill failed");
     }
 
-    /// The stderr lines logged so far.
+    /// The stderr lines logged since the last call (the first call: since
+    /// the start).
     pub fn logs(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
+        let mut lines = std::mem::take(&mut *self.early.lock().unwrap());
+        lines.extend(self.stderr.try_iter());
+        lines
     }
 
     pub fn publish(&self, topic: &str, body: &str) -> String {
