@@ -7,7 +7,7 @@
 //! a second on its tick; the fan-out records its two histograms once per
 //! frame per cadence, never per connection. Names follow
 //! `sluice_<area>_<what>_<unit>`; counters end in `_total`. Every family has
-//! HELP and TYPE ([`describe`]). Labels are bounded: tier and source names
+//! HELP and TYPE. Labels are bounded: tier and source names
 //! from the config, status codes, close reasons, worker ids; never a topic,
 //! never a key's secret.
 

@@ -76,6 +76,11 @@ fn bad_configs_exit_1_with_line_and_column() {
             "tiers.fast.coalesce_ms",
         ),
         (
+            "[server]\nadmin_listen = \"localhost\"\n",
+            "line 2, column 16",
+            "admin_listen: 'localhost' is not an IP:port address",
+        ),
+        (
             "[auth]\nrequired = false\nanonymous_tier = \"gold\"\n",
             "line 3, column 18",
             "auth.anonymous_tier: unknown tier 'gold'",

@@ -220,3 +220,54 @@ fn metrics_pass_promtool_with_help_and_type_for_every_family() {
         }
     }
 }
+
+#[test]
+fn admin_listen_serves_the_admin_endpoints_and_takes_metrics_off_listen() {
+    let s = Server::start(&config("admin_listen = \"127.0.0.1:0\"", ""));
+    let logs = s.logs();
+    let admin: std::net::SocketAddr = logs
+        .iter()
+        .find_map(|l| l.split("admin=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the admin address is logged: {logs:#?}"));
+    assert_ne!(admin.port(), s.addr.port());
+    let admin_key = [("X-API-Key", "ak_test")];
+
+    // the public port: everything but /metrics
+    let (st, _, body) = s.request("GET", "/metrics", &[], b"");
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains(r#""code":"not_found""#), "{body}");
+    assert_eq!(s.request("GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(s.request("GET", "/v1/topics", &admin_key, b"").0, 200);
+    s.publish("adm/x", r#"{"n":1}"#);
+
+    // the admin port: its endpoints, with the same rules
+    let (st, _, text) = http(admin, "GET", "/metrics", &[], b"");
+    assert_eq!(st, 200);
+    assert_eq!(
+        sample(&text, r#"sluice_publish_updates_total{source="http"}"#),
+        Some(1.0)
+    );
+    promtool_check(&text);
+    let (st, _, body) = http(admin, "GET", "/healthz", &[], b"");
+    assert_eq!(st, 200);
+    assert!(body.contains(r#""status":"ok""#), "{body}");
+    let (st, _, body) = http(admin, "GET", "/v1/topics", &admin_key, b"");
+    assert_eq!(st, 200);
+    assert!(body.contains(r#""topic":"adm/x""#), "{body}");
+    assert_eq!(http(admin, "GET", "/v1/topics", &[], b"").0, 401);
+    // and nothing else: no streams, no publishing, no demo page
+    for (method, path) in [
+        ("GET", "/v1/sse/adm/x"),
+        ("GET", "/v1/snapshot/adm/x"),
+        ("GET", "/"),
+        ("POST", "/v1/publish/adm/x"),
+        ("POST", "/v1/stream/token"),
+    ] {
+        let body: &[u8] = if method == "POST" { b"{}" } else { b"" };
+        let (st, _, body) = http(admin, method, path, &[("X-API-Key", "pk_test")], body);
+        assert_eq!(st, 404, "{method} {path}: {body}");
+    }
+    assert_eq!(s.stop().code(), Some(0));
+}

@@ -165,7 +165,7 @@ fn first_healthz_answer(addr: std::net::SocketAddr) -> (u16, String) {
 fn a_stuck_worker_stops_the_watchdog_and_fails_healthz() {
     let m = Manager::new();
     let s = Server::start_env(
-        &config("", ""),
+        &config("admin_listen = \"127.0.0.1:0\"", ""),
         Driver::Auto,
         &[
             ("NOTIFY_SOCKET", &m.env()),
@@ -173,6 +173,13 @@ fn a_stuck_worker_stops_the_watchdog_and_fails_healthz() {
             ("SLUICE_TEST_STALL", "worker"),
         ],
     );
+    let admin: std::net::SocketAddr = s
+        .logs()
+        .iter()
+        .find_map(|l| l.split("admin=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("the admin address is logged");
     m.until("READY=1", |msg| msg.contains("READY=1"));
     let before = m.until("two pings", {
         let mut n = 0;
@@ -216,6 +223,10 @@ fn a_stuck_worker_stops_the_watchdog_and_fails_healthz() {
 
     // The other worker still serves, and says the node is not healthy.
     let (st, body) = first_healthz_answer(s.addr);
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains(r#""status":"stalled""#), "{body}");
+    // as does the admin listener, which no worker serves
+    let (st, _, body) = http(admin, "GET", "/healthz", &[], b"");
     assert_eq!(st, 503, "{body}");
     assert!(body.contains(r#""status":"stalled""#), "{body}");
     drop(stuck);

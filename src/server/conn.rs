@@ -317,6 +317,9 @@ pub async fn close_gracefully(stream: &mut TcpStream) {
 /// endpoint's authentication and permission. `Ok(true)`: read the body and
 /// route; `Ok(false)`: no endpoint here takes a body.
 fn admit_post(w: &Worker, req: &Request) -> Result<bool, (u16, &'static str)> {
+    if w.admin {
+        return Ok(false);
+    }
     if w.hub.is_draining() {
         return Err((503, "server is draining"));
     }
@@ -372,6 +375,9 @@ type Routed = Result<(u16, &'static str, Bytes), (u16, &'static str)>;
 
 fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     let path = req.path.as_str();
+    if !crate::server::admin::serves(&w.settings, w.admin, path) {
+        return Err((404, "no such endpoint"));
+    }
     if req.method == Method::Options {
         return preflight(w, req);
     }
@@ -590,6 +596,9 @@ struct Target {
 /// The stream a GET path names: the first `[[routes]]` template that
 /// matches, else `/v1/sse/{topic}`. `None`: not a stream path.
 fn stream_target(w: &Worker, req: &Request) -> Option<Result<Target, (u16, &'static str)>> {
+    if w.admin {
+        return None;
+    }
     // sluice's own endpoints are never shadowed by a route
     let own = ["/healthz", "/metrics", "/v1/topics", "/v1/stream/token"];
     if own.contains(&req.path.as_str())

@@ -13,6 +13,7 @@
 //! unanswered (or reset them as it closes).
 
 pub mod access;
+pub mod admin;
 pub mod chunked;
 pub mod conn;
 pub mod http;
@@ -175,6 +176,10 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
 
     let hub = Arc::new(Hub::new(settings.clone()));
     let keys = Arc::new(Keys::new(&settings.keys));
+    if let Some(admin_addr) = settings.admin_listen {
+        let bound = admin::spawn(admin_addr, hub.clone(), keys.clone())?;
+        tracing::info!(admin = %bound, "admin endpoints (/metrics, /healthz, /v1/topics, /v1/usage) on {bound}");
+    }
     let driver = DriverChoice::from_env();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 

@@ -337,6 +337,9 @@ struct SharedFrames {
 
 pub struct Worker {
     pub id: usize,
+    /// Serves the admin listener (`server::admin`): its endpoints only, no
+    /// streams, no fan-out.
+    pub admin: bool,
     pub hub: Arc<Hub>,
     pub settings: Arc<Settings>,
     pub keys: Arc<Keys>,
@@ -400,6 +403,7 @@ impl Worker {
         let counters = WorkerCounters::new(id, &settings);
         Worker {
             id,
+            admin: false,
             hub,
             settings,
             keys,
