@@ -26,6 +26,10 @@ use crate::config::Settings;
 use crate::server::access::CloseReason;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Unix time (s) when the recorder was installed, as the server started:
+/// `process_start_time_seconds` (the unit's `ProcSubset=pid` hides
+/// /proc/stat, whose boot time the kernel's start tick would need).
+static STARTED: OnceLock<f64> = OnceLock::new();
 
 /// Buckets of `sluice_sse_publish_latency_seconds` (the frames' stamps are
 /// in milliseconds: the first bucket holds every frame fanned out within
@@ -44,6 +48,7 @@ pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// Installs the global recorder and describes every family (once per
 /// process; later calls do nothing).
 pub fn install() {
+    STARTED.get_or_init(|| crate::time::unix_millis() as f64 / 1000.0);
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(
@@ -354,11 +359,11 @@ impl ProcessStats {
     pub fn read() -> Option<ProcessStats> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let boot = std::fs::read_to_string("/proc/stat").ok();
-        let mut s = parse_stat(&stat)?;
-        if let Some(btime) = boot.as_deref().and_then(boot_time) {
-            s.start_time_seconds += btime as f64;
-        }
+        let mut s = ProcessStats {
+            cpu_seconds: cpu_seconds(&stat)?,
+            start_time_seconds: *STARTED.get_or_init(|| crate::time::unix_millis() as f64 / 1000.0),
+            ..ProcessStats::default()
+        };
         s.resident_bytes = status_kib(&status, "VmRSS:").unwrap_or(0) * 1024;
         s.virtual_bytes = status_kib(&status, "VmSize:").unwrap_or(0) * 1024;
         s.open_fds = std::fs::read_dir("/proc/self/fd")
@@ -371,19 +376,16 @@ impl ProcessStats {
     }
 }
 
-/// CPU seconds (user + system, every thread) and the start time (seconds
-/// after boot) from `/proc/self/stat`: the fields after the command name,
-/// which may itself hold spaces and parentheses.
-fn parse_stat(stat: &str) -> Option<ProcessStats> {
+/// CPU seconds (user + system, every thread) from `/proc/self/stat`:
+/// fields 14 and 15, counted after the command name, which may itself hold
+/// spaces and parentheses.
+fn cpu_seconds(stat: &str) -> Option<f64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     // field 3 (state) is the first after the name
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |field: usize| -> Option<u64> { f.get(field - 3)?.parse().ok() };
-    Some(ProcessStats {
-        cpu_seconds: (num(14)? + num(15)?) as f64 / USER_HZ,
-        start_time_seconds: num(22)? as f64 / USER_HZ,
-        ..ProcessStats::default()
-    })
+    let mut f = rest.split_whitespace().skip(14 - 3);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime.saturating_add(stime) as f64 / USER_HZ)
 }
 
 /// A `kB` line of `/proc/self/status`.
@@ -392,12 +394,6 @@ fn status_kib(status: &str, field: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn boot_time(stat: &str) -> Option<u64> {
-    stat.lines()
-        .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -460,18 +456,13 @@ mod tests {
 
     #[test]
     fn proc_stat_fields_after_a_command_name_with_spaces() {
-        // pid (comm) state ppid ... utime(14) stime(15) ... starttime(22)
+        // pid (comm) state ppid ... utime(14) stime(15) ...
         let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 9 0 1000 123456789 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";
-        let s = parse_stat(stat).unwrap();
-        assert_eq!(s.cpu_seconds, 4.0);
-        assert_eq!(s.start_time_seconds, 10.0);
+        assert_eq!(cpu_seconds(stat), Some(4.0));
+        assert_eq!(cpu_seconds("42 (x) S 1"), None);
         let status = "Name:\tsluice\nVmSize:\t  123456 kB\nVmRSS:\t    4096 kB\n";
         assert_eq!(status_kib(status, "VmRSS:"), Some(4096));
         assert_eq!(status_kib(status, "VmSize:"), Some(123_456));
-        assert_eq!(
-            boot_time("cpu 1 2\nbtime 1700000000\n"),
-            Some(1_700_000_000)
-        );
     }
 
     #[test]

@@ -60,20 +60,18 @@ pub fn stopping() {
 }
 
 /// The `STATUS=` text: the node's connections, streams and topics, or the
-/// worker that has not turned for `WORKER_STALL_MS` or more.
+/// worker that has not turned for `WORKER_STALL_MS` or more. (While
+/// draining, workers that are done stop turning: that is no stall.)
 pub fn status(hub: &Hub) -> String {
-    if let Some((w, ms)) = hub.stalled_worker(mono_ms(), WORKER_STALL_MS) {
+    let draining = hub.is_draining();
+    if !draining && let Some((w, ms)) = hub.stalled_worker(mono_ms(), WORKER_STALL_MS) {
         return format!(
             "worker {w} stalled for {}.{} s; watchdog not fed",
             ms / 1000,
             ms % 1000 / 100
         );
     }
-    let state = if hub.is_draining() {
-        "draining"
-    } else {
-        "serving"
-    };
+    let state = if draining { "draining" } else { "serving" };
     format!(
         "{state}: {} connections, {} streams, {} topics",
         hub.connections.load(std::sync::atomic::Ordering::Relaxed),
