@@ -674,6 +674,11 @@ impl Hub {
         Ok(t)
     }
 
+    /// How many topics the node holds.
+    pub fn topic_count(&self) -> usize {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Every topic, sorted by name (for `GET /v1/topics`).
     pub fn topics(&self) -> Vec<Arc<Topic>> {
         let mut v: Vec<_> = self

@@ -411,7 +411,7 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
         method(req, Method::Get)?;
         metrics::set_node_gauges(
             w.hub.connections.load(Ordering::Relaxed),
-            w.hub.topics().len(),
+            w.hub.topic_count(),
             w.hub.workers_up.load(Ordering::Relaxed),
         );
         return Ok((

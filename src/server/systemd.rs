@@ -76,7 +76,7 @@ pub fn status(hub: &Hub) -> String {
         "{state}: {} connections, {} streams, {} topics",
         hub.connections.load(std::sync::atomic::Ordering::Relaxed),
         hub.streams.load(std::sync::atomic::Ordering::Relaxed),
-        hub.topics().len()
+        hub.topic_count()
     )
 }
 
