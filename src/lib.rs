@@ -53,6 +53,7 @@ pub mod bench;
 pub mod config;
 pub mod fault;
 pub mod hub;
+pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod sources;

@@ -2,47 +2,88 @@
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use sluice::config::{DEMO_CONFIG, Settings};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: sluice [serve [--config FILE]] | check-config FILE | bench ...";
+/// sluice: a Server-Sent Events edge proxy.
+///
+/// Without a subcommand it serves (`sluice serve`).
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve streams (the default). Without --config: the built-in demo on
+    /// 127.0.0.1:8080 with simulated odds and ticker topics and one demo key
+    /// per tier.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<String>,
+    },
+    /// Validate a configuration file: exit 0, or 1 with the error's line and
+    /// column. Warns about example secrets and the demo source.
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(value_name = "FILE")]
+        file: String,
+    },
+    /// The SSE load generator (`sluice bench --help` for its options).
+    #[command(
+        disable_help_flag = true,
+        override_help = sluice::bench::USAGE,
+    )]
+    Bench {
+        /// Options of the load generator, parsed by it.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+}
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
-        [] | ["serve"] => serve(None),
-        ["serve", "--config", file] | ["serve", "-c", file] => serve(Some(file)),
-        ["check-config", file] => match load(file) {
-            Ok(settings) => {
-                for w in settings.warnings() {
-                    eprintln!("{file}: warning: {w}");
-                }
-                println!("{file}: ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; a usage
+            // error is a start-up failure (exit 1, SPEC §5).
+            let _ = e.print();
+            return if e.use_stderr() {
                 ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    sluice::logging::init();
+    match cli.command {
+        None => serve(None),
+        Some(Cmd::Serve { config }) => serve(config.as_deref()),
+        Some(Cmd::CheckConfig { file }) => check_config(&file),
+        Some(Cmd::Bench { args }) => {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            bench(&args)
+        }
+    }
+}
+
+fn check_config(file: &str) -> ExitCode {
+    match load(file) {
+        Ok(settings) => {
+            for w in settings.warnings() {
+                eprintln!("{file}: warning: {w}");
             }
-        },
-        ["bench", rest @ ..] => bench(rest),
-        ["-h"] | ["--help"] | ["help"] => {
-            println!("{USAGE}");
+            println!("{file}: ok");
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!("{USAGE}");
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::from(1)
         }
     }

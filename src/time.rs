@@ -20,3 +20,13 @@ pub fn unix_millis() -> u64 {
 pub fn unix_secs() -> u64 {
     since_epoch().as_secs()
 }
+
+/// Milliseconds on the monotonic clock since the process first asked, plus
+/// one (never 0, so that 0 can mean "never").
+pub fn mono_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let elapsed = ORIGIN.get_or_init(std::time::Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}

@@ -76,6 +76,11 @@ fn bad_configs_exit_1_with_line_and_column() {
             "tiers.fast.coalesce_ms",
         ),
         (
+            "[server]\nadmin_listen = \"localhost\"\n",
+            "line 2, column 16",
+            "admin_listen: 'localhost' is not an IP:port address",
+        ),
+        (
             "[auth]\nrequired = false\nanonymous_tier = \"gold\"\n",
             "line 3, column 18",
             "auth.anonymous_tier: unknown tier 'gold'",
@@ -263,4 +268,59 @@ fn systemd_unit_verifies() {
         .collect();
     assert!(out.status.success() && ours.is_empty(), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version_and_help_for_every_subcommand() {
+    let version = format!("sluice {}\n", env!("CARGO_PKG_VERSION"));
+    for args in [&["--version"][..], &["-V"]] {
+        assert_eq!(run(args), (0, version.clone(), String::new()), "{args:?}");
+    }
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for sub in ["serve", "check-config", "bench"] {
+        assert!(out.contains(sub), "top-level help names {sub}: {out}");
+    }
+    for (args, needle) in [
+        (&["serve", "--help"][..], "--config <FILE>"),
+        (&["help", "serve"], "--config <FILE>"),
+        (&["check-config", "--help"], "check-config <FILE>"),
+        (&["bench", "--help"], "usage: sluice bench --url URL"),
+        (&["bench", "-h"], "usage: sluice bench --url URL"),
+        (&["help", "bench"], "usage: sluice bench --url URL"),
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains(needle), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_1() {
+    for args in [
+        &["bogus"][..],
+        &["check-config"],
+        &["serve", "--config"],
+        &["serve", "extra"],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(
+            out.is_empty() && err.starts_with("error: "),
+            "{args:?}: {err}"
+        );
+    }
+    // the load generator parses its own options
+    let (code, _, err) = run(&["bench", "--connections", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--connections"), "{err}");
 }

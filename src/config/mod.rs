@@ -127,6 +127,7 @@ struct RawServer {
     max_pending_connections: usize,
     max_pending_per_ip: usize,
     sndbuf_bytes: usize,
+    admin_listen: Option<Spanned<String>>,
 }
 
 impl Default for RawServer {
@@ -149,6 +150,7 @@ impl Default for RawServer {
             max_pending_connections: 4096,
             max_pending_per_ip: 256,
             sndbuf_bytes: 128 * 1024,
+            admin_listen: None,
         }
     }
 }
@@ -463,6 +465,9 @@ pub struct Settings {
     pub max_pending_per_ip: usize,
     /// SO_SNDBUF of client sockets (0: the kernel's autotuning).
     pub sndbuf_bytes: usize,
+    /// Where `/metrics`, `/healthz`, `/v1/topics` and `/v1/usage` are
+    /// served apart from `listen` (which then serves no `/metrics`).
+    pub admin_listen: Option<SocketAddr>,
     pub cors: Cors,
     pub auth_required: bool,
     pub anonymous_tier: usize,
@@ -575,6 +580,15 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
             format!("listen: '{}' is not an IP:port address", s.listen.get_ref()),
         )
     })?;
+    let admin_listen = match &s.admin_listen {
+        None => None,
+        Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+            err(
+                a.span(),
+                format!("admin_listen: '{}' is not an IP:port address", a.get_ref()),
+            )
+        })?),
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = if s.workers == 0 {
         cores.min(MAX_WORKERS)
@@ -856,6 +870,7 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         max_pending_connections: s.max_pending_connections,
         max_pending_per_ip: s.max_pending_per_ip,
         sndbuf_bytes: s.sndbuf_bytes,
+        admin_listen,
         max_duration_s: s.max_duration_s,
         max_events: s.max_events,
         replay: s.replay.into_inner(),

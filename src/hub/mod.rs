@@ -573,6 +573,9 @@ pub struct Hub {
     /// Workers whose accept loop runs (`/healthz` reports this, not the
     /// configured count). Relaxed: a gauge read by `/healthz` only.
     pub workers_up: AtomicUsize,
+    /// Per worker, when its event loop last turned (`time::mono_ms`; 0:
+    /// not yet): the watchdog and `/healthz` tell a stuck worker by it.
+    beats: Box<[AtomicU64]>,
     /// Open SSE streams per key (index into `Settings::keys`), for the keys'
     /// `max_connections` across every worker.
     key_streams: Box<[AtomicU32]>,
@@ -592,6 +595,7 @@ impl Hub {
             streams: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             workers_up: AtomicUsize::new(0),
+            beats: (0..settings.workers).map(|_| AtomicU64::new(0)).collect(),
             key_streams: (0..settings.keys.len())
                 .map(|_| AtomicU32::new(0))
                 .collect(),
@@ -655,6 +659,11 @@ impl Hub {
         let t = Arc::new(Topic::new(name, rule, &self.settings));
         map.insert(name.into(), t.clone());
         Ok(t)
+    }
+
+    /// How many topics the node holds.
+    pub fn topic_count(&self) -> usize {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Every topic, sorted by name (for `GET /v1/topics`).
@@ -724,6 +733,31 @@ impl Hub {
             }
             self.inboxes[w].notify();
         }
+    }
+
+    /// Worker `w`'s event loop turned at `now_ms` (`time::mono_ms`).
+    pub fn beat(&self, w: usize, now_ms: u64) {
+        // Relaxed: a timestamp read on its own, by the watchdog.
+        self.beats[w].store(now_ms, Ordering::Relaxed);
+    }
+
+    /// True when every worker's loop turned after `since_ms`.
+    pub fn all_beat_since(&self, since_ms: u64) -> bool {
+        self.beats
+            .iter()
+            .all(|b| b.load(Ordering::Relaxed) > since_ms)
+    }
+
+    /// The worker whose loop has not turned for the longest, if that is
+    /// `threshold_ms` or more at `now_ms`: (worker, ms since its last turn).
+    /// A worker that never turned counts from the process's start.
+    pub fn stalled_worker(&self, now_ms: u64, threshold_ms: u64) -> Option<(usize, u64)> {
+        self.beats
+            .iter()
+            .enumerate()
+            .map(|(w, b)| (w, now_ms.saturating_sub(b.load(Ordering::Relaxed))))
+            .filter(|&(_, since)| since >= threshold_ms)
+            .max_by_key(|&(_, since)| since)
     }
 
     pub fn is_draining(&self) -> bool {

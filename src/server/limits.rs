@@ -191,6 +191,15 @@ impl StreamSlot {
     pub fn worker(&self) -> &Rc<Worker> {
         &self.worker
     }
+
+    pub fn topic(&self) -> &Arc<Topic> {
+        &self.topic
+    }
+
+    /// The index of the stream's key, if it has one.
+    pub fn key(&self) -> Option<usize> {
+        (self.key != NO_KEY).then_some(self.key as usize)
+    }
 }
 
 impl Drop for StreamSlot {

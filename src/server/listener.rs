@@ -153,7 +153,7 @@ pub async fn accept_loop(ctx: Rc<Context>, listener: TcpListener) {
 
 /// Answers 503 and closes: gracefully (draining the request) for the
 /// first `REFUSALS_LINGERING` at a time, right away past them.
-async fn refuse(
+pub(crate) async fn refuse(
     ctx: Rc<Context>,
     mut stream: monoio::net::TcpStream,
     _slot: ConnSlot,

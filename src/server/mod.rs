@@ -12,11 +12,14 @@
 //! is open, and a listener whose worker has stopped would leave them
 //! unanswered (or reset them as it closes).
 
+pub mod access;
+pub mod admin;
 pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod routes;
 pub mod runtime;
+pub mod systemd;
 pub mod worker;
 
 use std::io;
@@ -37,6 +40,11 @@ use worker::Worker;
 
 /// How often a draining worker looks whether it, then every worker, is done.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// A worker whose event loop has not turned for this long is stuck:
+/// `/healthz` answers 503 (`stalled`) and `STATUS=` names it. (The systemd
+/// watchdog goes by its own interval: see `systemd`.)
+pub const WORKER_STALL_MS: u64 = 3000;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,10 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
 
     let hub = Arc::new(Hub::new(settings.clone()));
     let keys = Arc::new(Keys::new(&settings.keys));
+    if let Some(admin_addr) = settings.admin_listen {
+        let bound = admin::spawn(admin_addr, hub.clone(), keys.clone())?;
+        tracing::info!(admin = %bound, "admin endpoints (/metrics, /healthz, /v1/topics, /v1/usage) on {bound}");
+    }
     let driver = Driver::from_env();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 
@@ -122,6 +134,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
                 up += 1;
                 if up == settings.workers {
                     tracing::info!(%addr, workers = settings.workers, "listening on {addr}");
+                    systemd::start(hub.clone()).map_err(ServerError::Thread)?;
                 }
             }
             Ok(WorkerEvent::Ended(id)) => {
@@ -152,6 +165,7 @@ fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, Ser
                     continue;
                 }
                 tracing::info!(signal = sig, "draining");
+                systemd::stopping();
                 hub.drain();
                 break;
             }
@@ -214,6 +228,7 @@ async fn worker_main(
     monoio::spawn(worker::wheel::tick_loop(w.clone()));
     monoio::spawn(worker::permits::reap_loop(w.clone()));
     monoio::spawn(listener::accept_loop(ctx, listener));
+    w.hub.beat(id, crate::time::mono_ms());
     w.hub.workers_up.fetch_add(1, Ordering::Relaxed);
     let _ = events.send(WorkerEvent::Up);
     while !w.drained() {

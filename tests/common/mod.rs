@@ -72,6 +72,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub config_path: PathBuf,
     stderr: mpsc::Receiver<String>,
+    /// Lines up to "listening on", until `logs` hands them out.
+    early: std::sync::Mutex<Vec<String>>,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -90,6 +92,18 @@ impl Server {
         let path = temp_path("sluice.toml");
         std::fs::write(&path, config).expect("write config");
         Server::start_file(path, driver)
+    }
+
+    /// Starts sluice with extra environment variables.
+    pub fn start_env(config: &str, driver: Driver, env: &[(&str, &str)]) -> Server {
+        let path = temp_path("sluice.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(&path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Server::spawn(cmd, path, driver)
     }
 
     pub fn start_file(config_path: PathBuf, driver: Driver) -> Server {
@@ -113,9 +127,10 @@ impl Server {
     }
 
     fn spawn(mut cmd: Command, config_path: PathBuf, driver: Driver) -> Server {
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("SLUICE_LOG", "info");
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        if !cmd.get_envs().any(|(k, _)| k == "SLUICE_LOG") {
+            cmd.env("SLUICE_LOG", "info");
+        }
         if driver == Driver::Epoll {
             cmd.env("SLUICE_DRIVER", "epoll");
         }
@@ -131,14 +146,20 @@ impl Server {
             }
         });
         let deadline = Instant::now() + WAIT;
+        let mut early = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
-                .expect("sluice did not say it was listening");
+                .unwrap_or_else(|_| panic!("sluice did not say it was listening: {early:#?}"));
+            early.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let a = rest.split_whitespace().next().expect("addr");
-                break a.parse().expect("listen addr");
+                // text or JSON logs: the address ends at the first character
+                // that cannot be part of one
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_hexdigit() || ":.[]".contains(c)))
+                    .unwrap_or(rest.len());
+                break rest[..end].parse().expect("listen addr");
             }
         };
         Server {
@@ -146,6 +167,7 @@ impl Server {
             addr,
             config_path,
             stderr: rx,
+            early: std::sync::Mutex::new(early),
         }
     }
 
@@ -193,9 +215,12 @@ impl Server {
         assert!(ok, "kill failed");
     }
 
-    /// The stderr lines logged so far.
+    /// The stderr lines logged since the last call (the first call: since
+    /// the start).
     pub fn logs(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
+        let mut lines = std::mem::take(&mut *self.early.lock().unwrap());
+        lines.extend(self.stderr.try_iter());
+        lines
     }
 
     pub fn publish(&self, topic: &str, body: &str) -> String {

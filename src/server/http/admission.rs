@@ -74,6 +74,9 @@ pub fn admit_stream(
 /// The stream a GET path names: the first `[[routes]]` template that
 /// matches, else `/v1/sse/{topic}`. `None`: not a stream path.
 pub fn stream_target(ctx: &Context, req: &Request) -> Option<Result<Target, ApiError>> {
+    if ctx.admin {
+        return None;
+    }
     // sluice's own endpoints are never shadowed by a route
     let own = ["/healthz", "/metrics", "/v1/topics", "/v1/stream/token"];
     if own.contains(&req.path.as_str())
@@ -240,6 +243,9 @@ pub fn token_issuer(ctx: &Context, req: &Request) -> Result<usize, ApiError> {
 /// endpoint's authentication and permission. `Ok(true)`: read the body and
 /// route; `Ok(false)`: no endpoint here takes a body.
 pub fn admit_post(ctx: &Context, req: &Request) -> Result<bool, ApiError> {
+    if ctx.admin {
+        return Ok(false);
+    }
     if ctx.hub.is_draining() {
         return Err(DRAINING);
     }

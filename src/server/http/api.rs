@@ -17,6 +17,7 @@ use crate::server::http::admission::{
 use crate::server::http::error::{ApiError, DRAINING, ErrorKind};
 use crate::server::http::response::{error_response, head_only, response};
 use crate::server::http::{Context, Method, Request};
+use crate::server::{access, admin};
 use crate::sources::publish::{Accepted, Format, accept};
 
 /// What a CORS preflight allows.
@@ -52,6 +53,8 @@ pub enum Endpoint<'a> {
     Topics,
     /// `GET /__sluice/panic` with `SLUICE_TEST_PANIC=request` (tests).
     InjectedPanic,
+    /// `GET /__sluice/stall` with `SLUICE_TEST_STALL=worker` (tests).
+    InjectedStall,
     NotFound,
 }
 
@@ -69,6 +72,7 @@ impl<'a> Endpoint<'a> {
             "/v1/stream/token" => Endpoint::StreamToken,
             "/v1/topics" => Endpoint::Topics,
             "/__sluice/panic" if crate::fault::injected("request") => Endpoint::InjectedPanic,
+            "/__sluice/stall" if crate::fault::stall_injected("worker") => Endpoint::InjectedStall,
             _ => {
                 if let Some(t) = path.strip_prefix("/v1/snapshot/") {
                     Endpoint::Snapshot(t)
@@ -84,7 +88,10 @@ impl<'a> Endpoint<'a> {
     /// The method the endpoint takes (`GET` ones answer `HEAD` too).
     fn method(self) -> Option<Method> {
         match self {
-            Endpoint::Preflight | Endpoint::NotFound | Endpoint::InjectedPanic => None,
+            Endpoint::Preflight
+            | Endpoint::NotFound
+            | Endpoint::InjectedPanic
+            | Endpoint::InjectedStall => None,
             Endpoint::StreamToken | Endpoint::Publish(_) => Some(Method::Post),
             _ => Some(Method::Get),
         }
@@ -112,6 +119,7 @@ pub fn route(ctx: &Context, req: &Request, body: Vec<u8>, keep_alive: bool) -> B
         }
         Err(e) => {
             metrics::refused(&e);
+            access::refused(Some(req), &e);
             error_response(&e, keep_alive, cors, origin)
         }
     };
@@ -123,6 +131,9 @@ pub fn route(ctx: &Context, req: &Request, body: Vec<u8>, keep_alive: bool) -> B
 }
 
 fn answer(ctx: &Context, req: &Request, body: Vec<u8>) -> Result<Answer, ApiError> {
+    if !admin::serves(&ctx.settings, ctx.admin, &req.path) {
+        return Err(ApiError::not_found("no such endpoint"));
+    }
     let endpoint = Endpoint::of(req);
     if let Some(m) = endpoint.method()
         && !(req.method == m || (m == Method::Get && req.method == Method::Head))
@@ -145,6 +156,7 @@ fn answer(ctx: &Context, req: &Request, body: Vec<u8>) -> Result<Answer, ApiErro
         Endpoint::Publish(topic) => publish(ctx, req, topic, body),
         Endpoint::Topics => topics(ctx, req),
         Endpoint::InjectedPanic => panic!("injected fault (SLUICE_TEST_PANIC=request)"),
+        Endpoint::InjectedStall => crate::fault::stall_forever(),
         Endpoint::NotFound => Err(ApiError::not_found("no such endpoint")),
     }
 }
@@ -167,6 +179,11 @@ fn healthz(ctx: &Context) -> Answer {
         (503, "draining")
     } else if up < ctx.settings.workers {
         (503, "starting")
+    } else if hub
+        .stalled_worker(crate::time::mono_ms(), crate::server::WORKER_STALL_MS)
+        .is_some()
+    {
+        (503, "stalled")
     } else {
         (200, "ok")
     };
@@ -182,8 +199,8 @@ fn metrics_text(ctx: &Context) -> Answer {
     let hub = &ctx.hub;
     metrics::set_node_gauges(
         hub.connections.load(Ordering::Relaxed),
-        hub.streams.load(Ordering::Relaxed),
-        hub.topics().len(),
+        hub.topic_count(),
+        hub.workers_up.load(Ordering::Relaxed),
     );
     (
         200,

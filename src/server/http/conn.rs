@@ -16,6 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::metrics;
+use crate::server::access;
 use crate::server::http::admission::{Admitted, admit_post, admit_stream, stream_target};
 use crate::server::http::api::route;
 use crate::server::http::chunked::{ChunkedDecoder, Progress};
@@ -176,6 +177,7 @@ fn begin_stream(ctx: &Context, stream: TcpStream, conn: ConnSlot, req: &Request,
         topic: a.topic.clone(),
         cadence: tier.cadence,
         raw_tier: tier.coalesce_ms == 0,
+        tier: a.tier,
         filter: a.filter,
         last_id: a.last_id,
         heartbeat_s: a.heartbeat_s,
@@ -284,6 +286,7 @@ async fn read_body(
 /// not reset the connection before the client reads the answer).
 async fn send_error(ctx: &Context, stream: &mut TcpStream, req: Option<&Request>, e: &ApiError) {
     metrics::refused(e);
+    access::refused(req, e);
     let origin = req.and_then(|r| r.header("origin"));
     let mut out = error_response(e, false, &ctx.settings.cors, origin);
     if req.is_some_and(|r| r.method == Method::Head) {

@@ -41,6 +41,9 @@ pub struct Context {
     pub refusing: Cell<usize>,
     /// This worker's connections that are not streams, by address.
     pub pending_by_ip: Rc<PendingByIp>,
+    /// Serves the admin listener (`server::admin`): its endpoints only, no
+    /// streams.
+    pub admin: bool,
 }
 
 impl Context {
@@ -54,6 +57,7 @@ impl Context {
             keys,
             refusing: Cell::new(0),
             pending_by_ip: Rc::default(),
+            admin: false,
         }
     }
 }

@@ -15,7 +15,9 @@ use super::iovec::Frame;
 use super::subscriber::{SubState, Subscriber, jittered_retry};
 use super::{MAX_QUEUED_BYTES, Worker};
 use crate::hub::{Filter, Read, Start, Topic};
+use crate::server::access::CloseReason;
 use crate::sse::{self, ReconnectReason};
+use crate::time::unix_millis;
 
 /// Subscribers that share one frame: same topic, cadence and filter.
 pub(super) struct FilterGroup {
@@ -147,6 +149,11 @@ impl Worker {
         let now = self.now();
         let max_events = self.stream.max_events;
         let tail = ring.tail().min(upto);
+        if cg.cursor >= tail {
+            return;
+        }
+        self.counters.ring_backlog(tail - cg.cursor);
+        let now_unix = unix_millis();
         while cg.cursor < tail {
             match ring.read(cg.cursor) {
                 Read::Frame(entry) => {
@@ -165,9 +172,13 @@ impl Worker {
                         };
                         delivered += self.fan_out(&mut g.members, &frame, now, max_events);
                     }
-                    self.counters
-                        .delivered
-                        .set(self.counters.delivered.get() + delivered);
+                    if delivered > 0 {
+                        self.counters.fanned_out(
+                            cg.cadence,
+                            now_unix.saturating_sub(entry.ts_ms),
+                            entry.frame.len(),
+                        );
+                    }
                 }
                 Read::Lagged => {
                     // The worker fell a full ring behind: every member gets a
@@ -192,6 +203,7 @@ impl Worker {
             }
         }
     }
+
     /// Queues one update frame on every member; drops members that are gone.
     pub(super) fn fan_out(
         &self,
@@ -210,11 +222,12 @@ impl Worker {
             }
             if self.queue(m, frame, now) {
                 delivered += 1;
+                self.counters.delivered(m.tier);
                 let n = m.events.get() + 1;
                 m.events.set(n);
                 if max_events != 0 && n >= max_events {
                     let limit = self.frames.borrow().limit.clone();
-                    self.close(m, limit, now);
+                    self.close(m, limit, now, CloseReason::Limit);
                 }
             }
             self.nudge(m);
@@ -222,6 +235,7 @@ impl Worker {
         }
         delivered
     }
+
     /// Queues a frame on one subscriber, or tells a slow one to reconnect.
     pub(super) fn queue(&self, m: &Rc<Subscriber>, frame: &Frame, now: u64) -> bool {
         // A frame alone always fits; past the bound with frames already
@@ -235,6 +249,7 @@ impl Worker {
                 m,
                 Rc::new(sse::reconnect_frame(ReconnectReason::SlowConsumer, retry)),
                 now,
+                CloseReason::SlowConsumer,
             );
             self.counters
                 .slow_consumers
@@ -245,14 +260,16 @@ impl Worker {
         m.last_write.set(now);
         true
     }
+
     /// Queues a closing frame on an open stream and files it under its close
     /// deadline (its wheel entry may be as far as a heartbeat away).
-    pub(super) fn close(&self, m: &Rc<Subscriber>, frame: Frame, now: u64) {
+    pub(super) fn close(&self, m: &Rc<Subscriber>, frame: Frame, now: u64, reason: CloseReason) {
         if m.state.get() == SubState::Open {
-            m.close_with(frame, now);
+            m.close_with(frame, now, reason);
             self.put(m.clone(), m.close_deadline.get());
         }
     }
+
     /// Drops closed members of idle groups, and groups left empty.
     pub(super) fn sweep_groups(&self) {
         let id = self.id;

@@ -42,6 +42,7 @@ use bytes::Bytes;
 use crate::config::StreamSettings;
 use crate::hub::Hub;
 use crate::metrics::WorkerCounters;
+use crate::server::access::CloseReason;
 use crate::sse::{self, ReconnectReason};
 use crate::time::unix_secs;
 use fanout::Groups;
@@ -117,6 +118,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(id: usize, hub: Arc<Hub>) -> Worker {
         let stream = hub.settings().stream();
+        let counters = WorkerCounters::new(id, hub.settings());
         let unix_s = unix_secs();
         let max_duration_s = u32::try_from(stream.max_duration.as_secs()).unwrap_or(u32::MAX);
         let frames = SharedFrames {
@@ -138,7 +140,7 @@ impl Worker {
             frames: RefCell::new(frames),
             streams: Cell::new(0),
             draining_since: Cell::new(None),
-            counters: WorkerCounters::default(),
+            counters,
             permits: Cell::new(WRITE_PERMITS),
             permit_queues: [RefCell::new(VecDeque::new()), RefCell::new(VecDeque::new())],
             release_count: Cell::new(0),
@@ -188,6 +190,7 @@ impl Worker {
                     m,
                     Rc::new(sse::reconnect_frame(ReconnectReason::Shutdown, retry)),
                     now,
+                    CloseReason::Shutdown,
                 );
             }
             for cg in &tg.cadences {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::subscriber::{SubState, Subscriber};
 use super::{NOT_WRITING, Worker};
+use crate::server::access::CloseReason;
 
 /// Most stream writes a worker has in flight at once. Under light load no
 /// connection ever waits for one; when the worker saturates, connections
@@ -202,6 +203,7 @@ impl Worker {
         };
         let abort = |sub: &Subscriber| {
             if sub.state.get() != SubState::Abort {
+                sub.set_close_reason(CloseReason::SlowConsumer);
                 sub.state.set(SubState::Abort);
                 sub.wake();
                 self.counters

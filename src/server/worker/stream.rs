@@ -22,6 +22,7 @@ use monoio::net::TcpStream;
 use super::subscriber::{SubState, Subscriber};
 use super::{Worker, frame};
 use crate::hub::{Filter, Start, Topic};
+use crate::server::access::{self, CloseReason};
 use crate::server::limits::{ConnSlot, KeySlot, StreamSlot};
 use crate::sse;
 use crate::time::unix_millis;
@@ -36,6 +37,8 @@ pub struct StreamStart<'a> {
     /// the raw tier (its writes go first).
     pub cadence: usize,
     pub raw_tier: bool,
+    /// The tier (index into the settings' tiers), for metrics and logs.
+    pub tier: usize,
     pub filter: Option<Filter>,
     pub last_id: Option<u64>,
     pub heartbeat_s: u32,
@@ -52,12 +55,9 @@ pub struct StreamStart<'a> {
 /// no live frame comes between them), joins the fan-out and spawns the
 /// stream's task, which owns the socket from here on.
 pub fn start(w: &Rc<Worker>, stream: TcpStream, conn: ConnSlot, s: StreamStart<'_>) {
-    let sub = Rc::new(Subscriber::new(
-        w.now(),
-        s.heartbeat_s,
-        s.max_duration_s,
-        s.raw_tier,
-    ));
+    let sub = Rc::new(
+        Subscriber::new(w.now(), s.heartbeat_s, s.max_duration_s, s.raw_tier).with_tier(s.tier),
+    );
     let start = w.subscribe(&s.topic, s.cadence, s.filter.map(Rc::new), &sub, s.last_id);
     sub.push(frame(s.head));
     let mut connected = s.connected;
@@ -78,12 +78,14 @@ pub fn start(w: &Rc<Worker>, stream: TcpStream, conn: ConnSlot, s: StreamStart<'
             }
             sub.count_events(u32::try_from(n).unwrap_or(u32::MAX));
             if max_events != 0 && sub.events() >= max_events {
-                sub.close_with(frame(sse::limit_frame(max_events)), w.now());
+                let limit = frame(sse::limit_frame(max_events));
+                sub.close_with(limit, w.now(), CloseReason::Limit);
             }
         }
         Start::Fresh(f) => sub.push(frame(f)),
     }
     w.schedule(&sub);
+    w.counters.stream_opened(s.tier);
     let slot = StreamSlot::new(w, &s.topic, conn, s.key);
     // The stream lives on in a task of its own whose future is a third the
     // size of the request-handling one, which ends here with its buffers.
@@ -122,6 +124,7 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
         loop {
             let more = poll_fn(|cx| {
                 if peer.as_mut().poll(cx).is_ready() {
+                    sub.set_close_reason(CloseReason::ClientClosed);
                     return Poll::Ready(false);
                 }
                 if sub.has_queued() {
@@ -146,7 +149,11 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
                     if let Poll::Ready(r) = write.as_mut().poll(cx) {
                         return Poll::Ready(Some(r));
                     }
-                    if sub.state() == SubState::Abort || peer.as_mut().poll(cx).is_ready() {
+                    if sub.state() == SubState::Abort {
+                        return Poll::Ready(None);
+                    }
+                    if peer.as_mut().poll(cx).is_ready() {
+                        sub.set_close_reason(CloseReason::ClientClosed);
                         return Poll::Ready(None);
                     }
                     sub.register(cx.waker());
@@ -159,6 +166,8 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
                 batch = b;
                 match res {
                     Ok(n) if n > 0 => {
+                        sub.wrote(n);
+                        w.counters.written(n);
                         batch.advance(n);
                         if !batch.is_empty() {
                             // A short write: the socket is full. The rest
@@ -166,7 +175,10 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
                             w.write_stalled(sub);
                         }
                     }
-                    _ => break 'stream,
+                    _ => {
+                        sub.set_close_reason(CloseReason::WriteError);
+                        break 'stream;
+                    }
                 }
             }
             w.return_batch(batch);
@@ -176,6 +188,7 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
     }
     w.release_write(sub);
     sub.set_closed();
+    access::stream_closed(w, sub, &slot);
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::task::Waker;
 use super::iovec::{Frame, FrameBatch};
 use super::wheel::secs_to_ms;
 use super::{CLOSE_GRACE_S, NOT_WRITING};
+use crate::server::access::CloseReason;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubState {
@@ -54,6 +55,14 @@ pub struct Subscriber {
     pub(super) write_since: Cell<u64>,
     /// A raw-tier stream: waits for write permits ahead of coalesced ones.
     pub(super) raw_tier: bool,
+    /// Its tier (index into the settings' tiers), for metrics and logs.
+    pub(super) tier: usize,
+    /// Worker clock (ms) when it started.
+    pub(super) started: u64,
+    /// Bytes written to its socket.
+    pub(super) bytes: Cell<u64>,
+    /// Why it is closing; the first reason set wins.
+    pub(super) close_reason: Cell<Option<CloseReason>>,
 }
 
 impl Subscriber {
@@ -79,6 +88,45 @@ impl Subscriber {
             permit_epoch: Cell::new(0),
             write_since: Cell::new(NOT_WRITING),
             raw_tier,
+            tier: 0,
+            started: now,
+            bytes: Cell::new(0),
+            close_reason: Cell::new(None),
+        }
+    }
+
+    /// The same stream, of tier `tier` (index into the settings' tiers).
+    pub fn with_tier(mut self, tier: usize) -> Subscriber {
+        self.tier = tier;
+        self
+    }
+
+    pub fn tier(&self) -> usize {
+        self.tier
+    }
+
+    /// Worker clock (ms) when the stream started.
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+
+    /// Counts bytes written to the socket.
+    pub fn wrote(&self, n: usize) {
+        self.bytes.set(self.bytes.get().saturating_add(n as u64));
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.get()
+    }
+
+    /// Records why the stream ends, unless a reason is already recorded.
+    pub fn set_close_reason(&self, reason: CloseReason) {
+        if self.close_reason.get().is_none() {
+            self.close_reason.set(Some(reason));
         }
     }
 
@@ -127,8 +175,9 @@ impl Subscriber {
     }
 
     /// Queues a closing frame and lets the connection flush, then close.
-    pub fn close_with(&self, frame: Frame, now: u64) {
+    pub fn close_with(&self, frame: Frame, now: u64, reason: CloseReason) {
         if self.state.get() == SubState::Open {
+            self.set_close_reason(reason);
             self.push(frame);
             self.state.set(SubState::Closing);
             self.close_deadline

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::Worker;
 use super::subscriber::{SubState, Subscriber};
+use crate::server::access::CloseReason;
 use crate::sse;
 use crate::time::unix_secs;
 
@@ -89,7 +90,7 @@ impl Worker {
             self.second.set(second);
             self.close_stalled(now);
             self.sweep_groups();
-            self.counters.flush(self.streams.get());
+            self.counters.flush();
         }
     }
     /// One tick's slot. `now` is the clock rounded down (deadlines are due
@@ -117,7 +118,7 @@ impl Worker {
                 }
                 SubState::Open => {
                     if now >= sub.deadline {
-                        sub.close_with(timeout.clone(), stamp);
+                        sub.close_with(timeout.clone(), stamp, CloseReason::Timeout);
                         let at = sub.close_deadline.get();
                         self.put(sub, at);
                         continue;
@@ -147,6 +148,9 @@ pub async fn tick_loop(w: Rc<Worker>) {
     loop {
         monoio::time::sleep(w.until_next_tick().max(Duration::from_millis(1))).await;
         w.tick();
+        // The worker's heartbeat: the systemd watchdog is fed only while
+        // every worker's loop turns.
+        w.hub.beat(w.id, crate::time::mono_ms());
     }
 }
 
