@@ -69,3 +69,10 @@ pub fn set_node_gauges(connections: usize, streams: usize, topics: usize) {
     gauge!("sluice_sse_streams_open").set(streams as f64);
     gauge!("sluice_hub_topics").set(topics as f64);
 }
+
+/// Counts one reload (`SIGHUP`) by its result: `ok`, or `error` (nothing
+/// changed).
+pub fn reload(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("sluice_reloads_total", "result" => result).increment(1);
+}

@@ -2,6 +2,9 @@
 //! workers (one pinned thread each, `sluice-worker-{n}`), the sources and the
 //! signal thread, and waits for a clean stop.
 //!
+//! SIGHUP reloads the configuration file ([`reload`]: validated whole, then
+//! handed to the hub and to every worker through its inbox).
+//!
 //! Cold module. Shutdown (SIGTERM / SIGINT): the hub drains, every stream is
 //! told `reconnect` (reason `shutdown`, jittered retry), and each worker
 //! waits until its streams have closed or `worker::DRAIN_GRACE_S` has passed.
@@ -15,11 +18,13 @@
 pub mod http;
 pub mod limits;
 pub mod listener;
+pub mod reload;
 pub mod routes;
 pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,7 +34,6 @@ use monoio::net::TcpListener;
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::auth::Keys;
 use crate::config::{Settings, SourceKind};
 use crate::hub::Hub;
 use crate::sources;
@@ -71,8 +75,10 @@ impl DriverChoice {
     }
 }
 
-/// Runs the server until SIGTERM / SIGINT and a clean drain.
-pub fn run(mut settings: Settings) -> Result<(), ServerError> {
+/// Runs the server until SIGTERM / SIGINT and a clean drain. `config_path`
+/// is the file the settings came from, re-read on SIGHUP (`None`: the
+/// built-in demo, which cannot be reloaded).
+pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     settings.max_connections = listener::fd_budget(settings.max_connections, settings.workers);
     let settings = Arc::new(settings);
     crate::metrics::install();
@@ -93,7 +99,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     }
 
     let hub = Arc::new(Hub::new(settings.clone()));
-    let keys = Arc::new(Keys::new(&settings.keys));
+    let published = reload::Published::new(http::Config::new(settings.clone()), settings.workers);
     let driver = DriverChoice::from_env();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 
@@ -105,7 +111,8 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
         }
     }
     crate::hub::coalesce::spawn(hub.clone()).map_err(ServerError::Thread)?;
-    let signals = spawn_signal_thread(hub.clone())?;
+    let reloader = reload::Reloader::new(hub.clone(), config_path, published.clone());
+    let signals = spawn_signal_thread(hub.clone(), reloader)?;
     // Each worker says when it ends. One that ends while the node is not
     // draining has failed: the process exits non-zero so that the service
     // manager restarts it, rather than serving on with a dead listener.
@@ -113,7 +120,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     let (events_tx, events) = std::sync::mpsc::channel::<WorkerEvent>();
     for (id, listener) in listeners.into_iter().enumerate() {
         let hub = hub.clone();
-        let keys = keys.clone();
+        let published = published.clone();
         let events_tx = events_tx.clone();
         let core = if cores.is_empty() {
             None
@@ -126,7 +133,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                run_worker(id, hub, keys, listener, driver, &events_tx);
+                run_worker(id, hub, published, listener, driver, &events_tx);
                 let _ = events_tx.send(WorkerEvent::Ended(id));
             })
             .map_err(ServerError::Thread)?;
@@ -159,7 +166,11 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     Ok(())
 }
 
-fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, ServerError> {
+/// The signal thread: SIGTERM / SIGINT drain and stop; SIGHUP reloads.
+fn spawn_signal_thread(
+    hub: Arc<Hub>,
+    reloader: reload::Reloader,
+) -> Result<std::thread::JoinHandle<()>, ServerError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(ServerError::Signals)?;
@@ -168,7 +179,13 @@ fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, Ser
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    tracing::warn!("SIGHUP: reload is not supported yet; configuration unchanged");
+                    // systemd: RELOADING=1 (with MONOTONIC_USEC) goes here.
+                    reloader.on_sighup();
+                    // Other SIGHUP duties go here, after the reload (the
+                    // usage meter reopens its file).
+                    // systemd: READY=1 goes here, once all of the above
+                    // is done (the reload has been applied by every worker
+                    // or has failed).
                     continue;
                 }
                 tracing::info!(signal = sig, "draining");
@@ -201,7 +218,7 @@ impl Drop for DrainedOnDrop {
 fn run_worker(
     id: usize,
     hub: Arc<Hub>,
-    keys: Arc<Keys>,
+    published: Arc<reload::Published>,
     listener: std::net::TcpListener,
     driver: DriverChoice,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
@@ -217,7 +234,7 @@ fn run_worker(
                 if id == 0 {
                     tracing::info!("io_uring driver");
                 }
-                rt.block_on(worker_main(id, hub, keys, listener, events, drained));
+                rt.block_on(worker_main(id, hub, published, listener, events, drained));
                 return;
             }
             Err(e) => {
@@ -235,7 +252,7 @@ fn run_worker(
             .enable_timer()
             .build();
     match rt {
-        Ok(mut rt) => rt.block_on(worker_main(id, hub, keys, listener, events, drained)),
+        Ok(mut rt) => rt.block_on(worker_main(id, hub, published, listener, events, drained)),
         Err(e) => tracing::error!(error = %e, "cannot start worker {id}"),
     }
 }
@@ -243,7 +260,7 @@ fn run_worker(
 async fn worker_main(
     id: usize,
     hub: Arc<Hub>,
-    keys: Arc<Keys>,
+    published: Arc<reload::Published>,
     listener: std::net::TcpListener,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
     drained: DrainedOnDrop,
@@ -256,11 +273,15 @@ async fn worker_main(
         }
     };
     let w = Rc::new(Worker::new(id, hub));
-    let ctx = Rc::new(http::Context::new(w.clone(), keys));
+    // The configuration at start; a reload published meanwhile is applied
+    // by the reload task as soon as it runs (its wake-up is waiting).
+    let (_, config) = published.latest();
+    let ctxs = Rc::new(http::Contexts::new(http::Context::new(w.clone(), &config)));
     monoio::spawn(worker::fanout::fanout_loop(w.clone()));
     monoio::spawn(worker::wheel::tick_loop(w.clone()));
     monoio::spawn(worker::permits::reap_loop(w.clone()));
-    monoio::spawn(listener::accept_loop(ctx, listener));
+    monoio::spawn(reload::worker_task(ctxs.clone(), published));
+    monoio::spawn(listener::accept_loop(ctxs, listener));
     w.hub.workers_up.fetch_add(1, Ordering::Relaxed);
     let _ = events.send(WorkerEvent::Up);
     while !w.drained() {

@@ -145,7 +145,7 @@ impl Worker {
             return;
         };
         let now = self.now();
-        let max_events = self.stream.max_events;
+        let max_events = self.stream().max_events;
         let tail = ring.tail().min(upto);
         while cg.cursor < tail {
             match ring.read(cg.cursor) {
@@ -230,7 +230,7 @@ impl Worker {
         if queued > 0 && queued + frame.len() > MAX_QUEUED_BYTES {
             m.queue.borrow_mut().clear();
             m.queued_bytes.set(0);
-            let retry = jittered_retry(self.stream.retry_ms);
+            let retry = jittered_retry(self.stream().retry_ms);
             self.close(
                 m,
                 Rc::new(sse::reconnect_frame(ReconnectReason::SlowConsumer, retry)),

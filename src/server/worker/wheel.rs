@@ -116,7 +116,7 @@ impl Worker {
                     }
                 }
                 SubState::Open => {
-                    if now >= sub.deadline {
+                    if now >= sub.deadline.get() {
                         sub.close_with(timeout.clone(), stamp);
                         let at = sub.close_deadline.get();
                         self.put(sub, at);
