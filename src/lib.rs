@@ -18,7 +18,9 @@
 //!   (parsing, the connection loop, the REST endpoints, stream admission as
 //!   named steps, [`server::http::ApiError`]); the hot per-event side is
 //!   [`server::worker`] (subscribers, fan-out, write permits, the timer
-//!   wheel, vectored write batches and the stream loop).
+//!   wheel, vectored write batches and the stream loop). A reload
+//!   (`SIGHUP`, [`server::reload`]) replaces the settings whole and hands
+//!   each worker the new ones through its inbox.
 //!
 //! * [`bench`]: `sluice bench`, the SSE load generator (its own runtime
 //!   threads; it shares nothing with the server but the crate).

@@ -165,7 +165,7 @@ fn serve(config: Option<&str>) -> ExitCode {
             tracing::warn!("{file}: {w}");
         }
     }
-    match sluice::server::run(settings) {
+    match sluice::server::run(settings, config.map(std::path::PathBuf::from)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e}");

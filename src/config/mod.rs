@@ -472,10 +472,15 @@ pub struct Settings {
     pub auth_required: bool,
     pub anonymous_tier: usize,
     pub token_secret: Vec<u8>,
+    /// `token_secret` was empty: the secret is random, made for this
+    /// process (a reload keeps it, so that issued tokens stay valid).
+    pub token_secret_random: bool,
     pub token_ttl_s: u32,
     pub tiers: Vec<Tier>,
-    /// The distinct `coalesce_ms` of the tiers, ascending (0, the raw
-    /// cadence, first when some tier is raw).
+    /// The distinct `coalesce_ms` of the tiers. Ascending as validated (0,
+    /// the raw cadence, first when some tier is raw); a reload renumbers
+    /// them to extend the running list ([`Settings::extend_cadences`]), so
+    /// that an index keeps naming the same interval for the process's life.
     pub cadences: Vec<u32>,
     pub keys: Vec<Key>,
     pub topics: Vec<TopicRule>,
@@ -485,7 +490,7 @@ pub struct Settings {
 
 /// What the hot stream code (workers, fan-out, wheel, permits) needs of the
 /// configuration, as plain values: it never sees the config's shapes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamSettings {
     pub retry_ms: u32,
     /// `max_events`; 0: no limit.
@@ -505,6 +510,63 @@ impl Settings {
             max_duration: std::time::Duration::from_secs(self.max_duration_s.into()),
             slow_consumer: std::time::Duration::from_secs(self.slow_consumer_s.into()),
         }
+    }
+
+    /// Renumbers this (reloaded) configuration's cadences so that they
+    /// extend `running`, the running process's list, whose indices are in
+    /// use in rings, groups and bit masks: an interval already running
+    /// keeps its index, a new one is appended, and every tier's `cadence`
+    /// follows. Intervals no tier uses any more stay in the list (their
+    /// rings live on with the topics that have them). Refused when more
+    /// than [`MAX_CADENCES`] intervals would have been in use since start.
+    pub fn extend_cadences(&mut self, running: &[u32]) -> Result<(), String> {
+        let mut cadences = running.to_vec();
+        for &ms in &self.cadences {
+            if !cadences.contains(&ms) {
+                cadences.push(ms);
+            }
+        }
+        if cadences.len() > MAX_CADENCES {
+            return Err(format!(
+                "at most {MAX_CADENCES} distinct coalesce_ms values may be used \
+                 between two restarts; restart sluice to use new ones"
+            ));
+        }
+        for t in &mut self.tiers {
+            t.cadence = cadences
+                .iter()
+                .position(|&c| c == t.coalesce_ms)
+                .expect("every tier's interval is in cadences");
+        }
+        self.cadences = cadences;
+        Ok(())
+    }
+
+    /// The settings only a restart can change that differ between this
+    /// (reloaded) configuration and the `running` one: `listen`,
+    /// `workers` (the listeners and worker threads exist) and
+    /// `sndbuf_bytes` (set on the listeners). Their running values are
+    /// kept in `self`, so the rest of the reload sees the node as it is.
+    pub fn keep_restart_only(&mut self, running: &Settings) -> Vec<&'static str> {
+        let mut differ = Vec::new();
+        if self.listen != running.listen {
+            differ.push("listen");
+            self.listen = running.listen;
+        }
+        if self.workers != running.workers {
+            differ.push("workers");
+            self.workers = running.workers;
+        }
+        if self.sndbuf_bytes != running.sndbuf_bytes {
+            differ.push("sndbuf_bytes");
+            self.sndbuf_bytes = running.sndbuf_bytes;
+        }
+        // A random secret is per process: keep the running one, or every
+        // token issued so far would stop verifying.
+        if self.token_secret_random && running.token_secret_random {
+            self.token_secret = running.token_secret.clone();
+        }
+        differ
     }
 
     /// Parses and validates a configuration file's text.
@@ -702,7 +764,8 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
             });
         }
     };
-    let token_secret = if a.token_secret.is_empty() {
+    let token_secret_random = a.token_secret.is_empty();
+    let token_secret = if token_secret_random {
         // A per-process secret from the kernel's CSPRNG (tokens then die
         // with the process, which is what an empty secret asks for).
         let mut b = vec![0u8; 32];
@@ -879,6 +942,7 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         auth_required: a.required,
         anonymous_tier,
         token_secret,
+        token_secret_random,
         token_ttl_s: a.token_ttl_s,
         tiers,
         cadences,

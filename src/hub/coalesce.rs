@@ -18,20 +18,30 @@ use crate::time::unix_millis;
 pub struct Coalescer {
     /// (cadence index, interval ms, next tick in unix ms)
     due: Vec<(usize, u64, u64)>,
+    /// Cadence indices seen so far (the node's table only grows).
+    known: usize,
 }
 
 impl Coalescer {
     pub fn new(cadences: &[u32], now_ms: u64) -> Coalescer {
-        let due = cadences
-            .iter()
-            .enumerate()
-            .filter(|(_, ms)| **ms > 0)
-            .map(|(c, &ms)| {
+        let mut co = Coalescer {
+            due: Vec::new(),
+            known: 0,
+        };
+        co.extend(cadences, now_ms);
+        co
+    }
+
+    /// Starts ticking the cadences a reload appended to the node's table
+    /// (`cadences` extends the one this was made from).
+    pub fn extend(&mut self, cadences: &[u32], now_ms: u64) {
+        for (c, &ms) in cadences.iter().enumerate().skip(self.known) {
+            if ms > 0 {
                 let ms = u64::from(ms);
-                (c, ms, next_tick(now_ms, ms))
-            })
-            .collect();
-        Coalescer { due }
+                self.due.push((c, ms, next_tick(now_ms, ms)));
+            }
+        }
+        self.known = self.known.max(cadences.len());
     }
 
     /// True when some tier coalesces (otherwise there is nothing to run).
@@ -61,13 +71,11 @@ fn next_tick(now_ms: u64, interval_ms: u64) -> u64 {
     (now_ms / interval_ms + 1) * interval_ms
 }
 
-/// Runs the coalescer on its own thread until the hub drains. `None` when no
-/// tier coalesces.
-pub fn spawn(hub: Arc<Hub>) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
-    let mut co = Coalescer::new(&hub.settings().cadences, unix_millis());
-    if !co.has_work() {
-        return Ok(None);
-    }
+/// Runs the coalescer on its own thread until the hub drains. It runs even
+/// when no tier coalesces yet, since a reload may add one (it then wakes
+/// every 100 ms and does nothing else).
+pub fn spawn(hub: Arc<Hub>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut co = Coalescer::new(&hub.cadences(), unix_millis());
     std::thread::Builder::new()
         .name("sluice-coalesce".into())
         .spawn(move || {
@@ -75,12 +83,12 @@ pub fn spawn(hub: Arc<Hub>) -> std::io::Result<Option<std::thread::JoinHandle<()
                 if crate::fault::injected("coalescer") {
                     panic!("injected fault (SLUICE_TEST_PANIC=coalescer)");
                 }
+                co.extend(&hub.cadences(), unix_millis());
                 let next = co.run_due(&hub, unix_millis());
                 let wait = next.saturating_sub(unix_millis());
                 std::thread::sleep(Duration::from_millis(wait.clamp(1, 100)));
             }
         })
-        .map(Some)
 }
 
 #[cfg(test)]
@@ -166,6 +174,16 @@ mod tests {
         // the last frame equals the state table
         let snap = String::from_utf8(t.snapshot_json(None).to_vec()).unwrap();
         assert!(snap.ends_with(r#""data":[{"id":0,"v":999},{"id":1,"v":997},{"id":2,"v":998}]}"#));
+    }
+
+    #[test]
+    fn cadences_a_reload_appends_start_ticking() {
+        let h = hub();
+        let mut co = Coalescer::new(&[0, 500], 0);
+        assert_eq!(co.run_due(&h, 0), 500);
+        co.extend(&[0, 500, 1000, 200], 100);
+        assert_eq!(co.run_due(&h, 100), 200);
+        assert_eq!(co.due.len(), 3);
     }
 
     #[test]

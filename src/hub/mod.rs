@@ -20,7 +20,7 @@ pub mod ring;
 pub mod row_key;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::task::{Context, Poll, Waker};
 
@@ -29,7 +29,7 @@ use crossbeam_queue::SegQueue;
 use indexmap::IndexMap;
 
 pub use crate::config::values::{MAX_TOPIC_BYTES, topic_name_is_valid};
-use crate::config::{Settings, TopicRule};
+use crate::config::{MAX_CADENCES, Settings, TopicRule};
 use crate::sse;
 use crate::time::{unix_micros, unix_millis};
 pub use filter::Filter;
@@ -86,6 +86,8 @@ impl Table {
 #[derive(Default)]
 struct Cadence {
     active: bool,
+    /// Its `coalesce_ms` (0: raw), set when it becomes active.
+    ms: u32,
     /// Sequence id the cadence's frames have reached: its last frame's id,
     /// or the topic's id when the cadence became active.
     emitted: u64,
@@ -109,7 +111,8 @@ struct TopicState {
     /// Sequence id of the last update (0: none in this run).
     seq: u64,
     table: Table,
-    cadences: Box<[Cadence]>,
+    /// By cadence index, up to the highest one ever active on the topic.
+    cadences: Vec<Cadence>,
 }
 
 /// A topic: its state table (behind the writer lock) and one ring per
@@ -123,10 +126,12 @@ pub struct Topic {
     /// Query parameter → index into `fields`.
     pub filter_params: Box<[(Box<str>, usize)]>,
     state: Mutex<TopicState>,
-    /// One ring per cadence, made when the cadence becomes active.
-    rings: Box<[OnceLock<Ring>]>,
-    /// `coalesce_ms` of each cadence (0: raw).
-    cadence_ms: Box<[u32]>,
+    /// One ring per cadence, made when the cadence becomes active. Every
+    /// cadence index the node may ever use has a slot (a reload can add
+    /// cadences to a topic made before it); a slot is 16 bytes until used.
+    rings: Box<[OnceLock<Box<Ring>>]>,
+    /// The node's cadence intervals, by index.
+    cadence_ms: Arc<CadenceTable>,
     ring_slots: usize,
     /// Per cadence, bit w: worker w has subscribers on that cadence (so a
     /// worker with only coalesced subscribers is not woken per publish).
@@ -144,8 +149,49 @@ pub enum Start {
     Fresh(Bytes),
 }
 
+/// The node's cadences (`coalesce_ms` values), by index: append-only, so
+/// that an index (in rings, groups, bit masks) names the same interval for
+/// the life of the process. The configuration at start fills the first
+/// ones; a reload appends the intervals it adds (`Settings::extend_cadences`).
+pub struct CadenceTable {
+    ms: [OnceLock<u32>; MAX_CADENCES],
+}
+
+impl CadenceTable {
+    fn new(cadences: &[u32]) -> CadenceTable {
+        let t = CadenceTable {
+            ms: std::array::from_fn(|_| OnceLock::new()),
+        };
+        t.extend(cadences);
+        t
+    }
+
+    /// Records the intervals of `cadences` (a list that extends this one).
+    fn extend(&self, cadences: &[u32]) {
+        for (slot, &ms) in self.ms.iter().zip(cadences) {
+            let set = *slot.get_or_init(|| ms);
+            debug_assert_eq!(set, ms, "cadence indices are stable");
+        }
+    }
+
+    /// The interval of cadence `c` (it is in use, so it is set).
+    fn get(&self, c: usize) -> u32 {
+        self.ms[c].get().copied().unwrap_or(0)
+    }
+
+    /// The intervals set so far, by index.
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.ms.iter().map_while(|s| s.get().copied()).collect()
+    }
+}
+
 impl Topic {
-    fn new(name: &str, rule: &TopicRule, settings: &Settings) -> Topic {
+    fn new(
+        name: &str,
+        rule: &TopicRule,
+        settings: &Settings,
+        cadences: &Arc<CadenceTable>,
+    ) -> Topic {
         let table = if rule.key.is_empty() {
             Table::Keyless {
                 rows: VecDeque::new(),
@@ -154,7 +200,6 @@ impl Topic {
         } else {
             Table::Keyed(IndexMap::new())
         };
-        let n = settings.cadences.len();
         let topic = Topic {
             name: name.into(),
             event: rule.event.as_str().into(),
@@ -168,12 +213,12 @@ impl Topic {
             state: Mutex::new(TopicState {
                 seq: 0,
                 table,
-                cadences: (0..n).map(|_| Cadence::default()).collect(),
+                cadences: Vec::new(),
             }),
-            rings: (0..n).map(|_| OnceLock::new()).collect(),
-            cadence_ms: settings.cadences.clone().into_boxed_slice(),
+            rings: (0..MAX_CADENCES).map(|_| OnceLock::new()).collect(),
+            cadence_ms: cadences.clone(),
             ring_slots: settings.replay,
-            interest: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            interest: (0..MAX_CADENCES).map(|_| AtomicU64::new(0)).collect(),
             queued: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
         };
@@ -195,7 +240,27 @@ impl Topic {
 
     /// The ring of cadence `c`, if the cadence is active.
     pub fn ring(&self, c: usize) -> Option<&Ring> {
-        self.rings[c].get()
+        self.rings.get(c)?.get().map(|r| &**r)
+    }
+
+    /// True when `rule` gives this topic the shape it has: event name, row
+    /// key, history and filter fields and parameters (a reload that changes
+    /// them leaves existing topics as they are).
+    pub fn follows(&self, rule: &TopicRule) -> bool {
+        let history = match &self.lock().table {
+            Table::Keyless { history, .. } => *history,
+            Table::Keyed(_) => rule.history,
+        };
+        *self.event == *rule.event
+            && *self.key_fields == *rule.key
+            && history == rule.history
+            && *self.fields == *rule.fields
+            && self.filter_params.len() == rule.filters.len()
+            && self
+                .filter_params
+                .iter()
+                .zip(&rule.filters)
+                .all(|((p, i), (q, j))| **p == **q && i == j)
     }
 
     /// Sequence id of the last update and the number of rows in the state.
@@ -216,7 +281,7 @@ impl Topic {
         // Coalesced cadences that gather this update.
         let mut gather = 0u32;
         for (c, cad) in st.cadences.iter().enumerate() {
-            if cad.active && self.cadence_ms[c] != 0 {
+            if cad.active && cad.ms != 0 {
                 gather |= 1 << c;
             }
         }
@@ -277,7 +342,7 @@ impl Topic {
             if !st.cadences[c].active {
                 continue;
             }
-            if self.cadence_ms[c] == 0 {
+            if st.cadences[c].ms == 0 {
                 self.push_frame(st, c, seq, now_ms, rows.clone());
                 pushed |= 1 << c;
             } else if st.cadences[c].pending_bytes > MAX_PENDING_BYTES {
@@ -351,12 +416,16 @@ impl Topic {
 
     /// Makes cadence `c` active (its ring, and frames from now on).
     fn activate<'a>(&'a self, st: &mut TopicState, c: usize) -> &'a Ring {
+        if st.cadences.len() <= c {
+            st.cadences.resize_with(c + 1, Cadence::default);
+        }
         let cad = &mut st.cadences[c];
         if !cad.active {
             cad.active = true;
+            cad.ms = self.cadence_ms.get(c);
             cad.emitted = st.seq;
         }
-        self.rings[c].get_or_init(|| Ring::new(self.ring_slots))
+        self.rings[c].get_or_init(|| Box::new(Ring::new(self.ring_slots)))
     }
 
     /// The rows of the state table that `filter` lets through, as cadence `c`
@@ -492,27 +561,24 @@ impl Topic {
     }
 }
 
-/// One worker's inbox: topics whose rings advanced, and a waker.
-pub struct Inbox {
-    topics: SegQueue<Arc<Topic>>,
+/// A wake-up from another thread: a flag, and the waker of the one task
+/// that waits for it.
+struct Signal {
     flag: AtomicBool,
     waker: Mutex<Option<Waker>>,
-    shutdown: AtomicBool,
 }
 
-impl Inbox {
-    fn new() -> Inbox {
-        Inbox {
-            topics: SegQueue::new(),
+impl Signal {
+    fn new() -> Signal {
+        Signal {
             flag: AtomicBool::new(false),
             waker: Mutex::new(None),
-            shutdown: AtomicBool::new(false),
         }
     }
 
     fn notify(&self) {
-        // Release pairs with the Acquire swap in `poll_ready`: the worker
-        // that sees the flag also sees the queued topics.
+        // Release pairs with the Acquire swap in `poll`: the task that sees
+        // the flag also sees what was written before the notify.
         if !self.flag.swap(true, Ordering::Release)
             && let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take()
         {
@@ -520,9 +586,7 @@ impl Inbox {
         }
     }
 
-    /// Ready when something was queued or shutdown was asked since the last
-    /// ready poll.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.flag.swap(false, Ordering::Acquire) {
             return Poll::Ready(());
         }
@@ -531,6 +595,43 @@ impl Inbox {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+}
+
+/// One worker's inbox: topics whose rings advanced, and a waker; the
+/// shutdown flag; and a second wake-up for configuration reloads, which a
+/// cold task of the worker waits on (`server::reload`), apart from the
+/// fan-out.
+pub struct Inbox {
+    topics: SegQueue<Arc<Topic>>,
+    ready: Signal,
+    shutdown: AtomicBool,
+    reload: Signal,
+}
+
+impl Inbox {
+    fn new() -> Inbox {
+        Inbox {
+            topics: SegQueue::new(),
+            ready: Signal::new(),
+            shutdown: AtomicBool::new(false),
+            reload: Signal::new(),
+        }
+    }
+
+    fn notify(&self) {
+        self.ready.notify();
+    }
+
+    /// Ready when something was queued or shutdown was asked since the last
+    /// ready poll.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.ready.poll(cx)
+    }
+
+    /// Ready when a reload was published since the last ready poll.
+    pub fn poll_reload(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.reload.poll(cx)
     }
 
     pub fn pop(&self) -> Option<Arc<Topic>> {
@@ -555,10 +656,15 @@ pub enum TopicError {
 
 /// All topics of the node, and the workers' inboxes.
 pub struct Hub {
-    settings: Arc<Settings>,
+    /// The configuration in force: replaced whole by a reload
+    /// ([`Hub::set_settings`]), read once per request or topic lookup,
+    /// never per event.
+    settings: RwLock<Arc<Settings>>,
+    /// The node's cadences by index (append-only).
+    cadences: Arc<CadenceTable>,
     topics: RwLock<HashMap<Box<str>, Arc<Topic>>>,
     inboxes: Box<[Inbox]>,
-    /// Per cadence: topics with changes waiting for the cadence's tick.
+    /// Per cadence index: topics with changes waiting for the cadence's tick.
     flush_queues: Box<[SegQueue<Arc<Topic>>]>,
     draining: AtomicBool,
     /// Workers that have not finished draining (or not yet started to).
@@ -576,16 +682,14 @@ pub struct Hub {
     /// Per worker, when its event loop last turned (`time::mono_ms`; 0:
     /// not yet): the watchdog and `/healthz` tell a stuck worker by it.
     beats: Box<[AtomicU64]>,
-    /// Open SSE streams per key (index into `Settings::keys`), for the keys'
-    /// `max_connections` across every worker.
-    key_streams: Box<[AtomicU32]>,
 }
 
 impl Hub {
     pub fn new(settings: Arc<Settings>) -> Hub {
         let inboxes = (0..settings.workers).map(|_| Inbox::new()).collect();
-        let flush_queues = settings.cadences.iter().map(|_| SegQueue::new()).collect();
+        let flush_queues = (0..MAX_CADENCES).map(|_| SegQueue::new()).collect();
         Hub {
+            cadences: Arc::new(CadenceTable::new(&settings.cadences)),
             topics: RwLock::new(HashMap::new()),
             inboxes,
             flush_queues,
@@ -596,38 +700,33 @@ impl Hub {
             pending: AtomicUsize::new(0),
             workers_up: AtomicUsize::new(0),
             beats: (0..settings.workers).map(|_| AtomicU64::new(0)).collect(),
-            key_streams: (0..settings.keys.len())
-                .map(|_| AtomicU32::new(0))
-                .collect(),
-            settings,
+            settings: RwLock::new(settings),
         }
     }
 
-    /// Counts a new stream of key `k`; false (and nothing counted) when the
-    /// key already has its `max_connections` streams open.
-    pub fn acquire_key_stream(&self, k: usize) -> bool {
-        let max = self.settings.keys[k].max_connections;
-        // Relaxed: the count is the only shared state; an increment that
-        // overshoots is undone before anyone acts on it.
-        let prev = self.key_streams[k].fetch_add(1, Ordering::Relaxed);
-        if max != 0 && prev >= max {
-            self.key_streams[k].fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+    /// The configuration in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    pub fn release_key_stream(&self, k: usize) {
-        self.key_streams[k].fetch_sub(1, Ordering::Relaxed);
+    /// Puts a reloaded configuration in force for what the hub decides:
+    /// which topics may be made and with which rule, and the cadences. Its
+    /// `workers` must be the running count and its cadences must extend the
+    /// running ones (`Settings::extend_cadences`), so that every index in
+    /// use keeps its meaning. Topics that exist keep the rule they were
+    /// made with; a topic that no pattern matches any more is not found.
+    pub fn set_settings(&self, settings: Arc<Settings>) {
+        debug_assert_eq!(settings.workers, self.inboxes.len());
+        self.cadences.extend(&settings.cadences);
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
-    /// Open streams of key `k`.
-    pub fn key_streams(&self, k: usize) -> u32 {
-        self.key_streams[k].load(Ordering::Relaxed)
-    }
-
-    pub fn settings(&self) -> &Arc<Settings> {
-        &self.settings
+    /// The node's cadence intervals, by index (for the coalescer).
+    pub fn cadences(&self) -> Vec<u32> {
+        self.cadences.to_vec()
     }
 
     pub fn inbox(&self, w: usize) -> &Inbox {
@@ -637,26 +736,33 @@ impl Hub {
     /// The topic of that name, made on first use if a `[[topics]]` pattern
     /// matches it.
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
+        let settings = self.settings();
+        // A topic that exists still needs a pattern: a reload may have
+        // removed it.
+        let found = |t: &Arc<Topic>| match settings.topic_rule(name) {
+            Some(_) => Ok(t.clone()),
+            None => Err(TopicError::NotFound),
+        };
         if let Some(t) = self
             .topics
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
         {
-            return Ok(t.clone());
+            return found(t);
         }
         if !topic_name_is_valid(name) {
             return Err(TopicError::Invalid);
         }
-        let rule = self.settings.topic_rule(name).ok_or(TopicError::NotFound)?;
+        let rule = settings.topic_rule(name).ok_or(TopicError::NotFound)?;
         let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = map.get(name) {
-            return Ok(t.clone());
+            return found(t);
         }
         if map.len() >= MAX_TOPICS {
             return Err(TopicError::TooMany);
         }
-        let t = Arc::new(Topic::new(name, rule, &self.settings));
+        let t = Arc::new(Topic::new(name, rule, &settings, &self.cadences));
         map.insert(name.into(), t.clone());
         Ok(t)
     }
@@ -777,6 +883,14 @@ impl Hub {
         self.workers_busy.load(Ordering::Acquire) == 0
     }
 
+    /// Wakes every worker's reload task: a new configuration was published
+    /// (what it is, is the caller's: the hub carries only the wake-up).
+    pub fn notify_reload(&self) {
+        for inbox in self.inboxes.iter() {
+            inbox.reload.notify();
+        }
+    }
+
     /// Starts draining: `/healthz` answers 503 and every worker tells its
     /// streams to reconnect.
     pub fn drain(&self) {
@@ -819,6 +933,29 @@ mod tests {
         }
         h.worker_drained();
         assert!(h.all_workers_drained());
+    }
+
+    #[test]
+    fn a_reload_keeps_cadence_indices_and_existing_topics_need_a_pattern() {
+        let h = hub();
+        let t = h.topic("k/1").unwrap();
+        let mut s = Settings::from_toml(
+            "[server]\nworkers = 1\nreplay = 16\n[tiers.raw]\ncoalesce_ms = 0\n\
+             [tiers.new]\ncoalesce_ms = 250\n[[topics]]\npattern = \"l/*\"\n",
+        )
+        .unwrap();
+        s.extend_cadences(&h.cadences()).unwrap();
+        h.set_settings(Arc::new(s));
+        assert_eq!(h.cadences(), vec![0, 500, 1000, 250]);
+        // no pattern matches k/1 any more, though the topic exists
+        assert_eq!(h.topic("k/1").err(), Some(TopicError::NotFound));
+        assert!(h.topic("l/1").is_ok());
+        // a topic made before the reload serves the cadence it added
+        assert!(t.ring(3).is_none());
+        t.start(3, None, None);
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        assert_eq!(h.flush_cadence(3, 250), 1);
+        assert_eq!(t.ring(3).map(Ring::tail), Some(1));
     }
 
     #[test]

@@ -76,9 +76,10 @@ pub fn stream_closed(w: &Worker, sub: &Subscriber, slot: &StreamSlot) {
     let settings = w.hub.settings();
     let topic = slot.topic();
     let tier_name = settings.tiers.get(tier).map_or("-", |t| t.name.as_str());
-    let key = slot
-        .key()
-        .and_then(|k| settings.keys.get(k))
+    let key = sub
+        .auth()
+        .key
+        .and_then(|k| settings.keys.get(k as usize))
         .map_or("-", |k| k.name.as_str());
     tracing::info!(
         target: "sluice::access",

@@ -17,11 +17,11 @@ use std::time::Duration;
 use monoio::net::TcpListener;
 use monoio::{LegacyDriver, RuntimeBuilder};
 
-use crate::auth::Keys;
 use crate::config::Settings;
 use crate::hub::Hub;
-use crate::server::http::{Context, conn};
+use crate::server::http::{Context, Contexts, conn};
 use crate::server::limits::{ConnSlot, PendingSlot};
+use crate::server::reload::Published;
 use crate::server::worker::Worker;
 use crate::server::{ServerError, listener};
 
@@ -40,7 +40,11 @@ pub fn serves(settings: &Settings, admin: bool, path: &str) -> bool {
 
 /// Binds `addr` and serves it from a thread of its own; returns the bound
 /// address (the config may say port 0).
-pub fn spawn(addr: SocketAddr, hub: Arc<Hub>, keys: Arc<Keys>) -> Result<SocketAddr, ServerError> {
+pub fn spawn(
+    addr: SocketAddr,
+    hub: Arc<Hub>,
+    published: Arc<Published>,
+) -> Result<SocketAddr, ServerError> {
     listener::ensure_free(addr).map_err(|e| ServerError::Bind(addr, e))?;
     let listener = listener::bind(addr, 0).map_err(|e| ServerError::Bind(addr, e))?;
     let bound = listener
@@ -51,7 +55,7 @@ pub fn spawn(addr: SocketAddr, hub: Arc<Hub>, keys: Arc<Keys>) -> Result<SocketA
         .spawn(move || {
             let rt = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build();
             match rt {
-                Ok(mut rt) => rt.block_on(serve(listener, hub, keys)),
+                Ok(mut rt) => rt.block_on(serve(listener, hub, published)),
                 Err(e) => tracing::error!(error = %e, "cannot start the admin listener"),
             }
         })
@@ -59,7 +63,9 @@ pub fn spawn(addr: SocketAddr, hub: Arc<Hub>, keys: Arc<Keys>) -> Result<SocketA
     Ok(bound)
 }
 
-async fn serve(listener: std::net::TcpListener, hub: Arc<Hub>, keys: Arc<Keys>) {
+/// Serves the admin endpoints; each connection takes the configuration in
+/// force when it is accepted (a reload applies to the next one).
+async fn serve(listener: std::net::TcpListener, hub: Arc<Hub>, published: Arc<Published>) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -68,18 +74,25 @@ async fn serve(listener: std::net::TcpListener, hub: Arc<Hub>, keys: Arc<Keys>) 
         }
     };
     let w = Rc::new(Worker::new(0, hub));
-    let mut ctx = Context::new(w, keys);
+    let (mut generation, config) = published.latest();
+    let mut ctx = Context::new(w, &config);
     ctx.admin = true;
-    let ctx = Rc::new(ctx);
+    let ctxs = Rc::new(Contexts::new(ctx));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let (latest, config) = published.latest();
+                if latest != generation {
+                    generation = latest;
+                    ctxs.replace(ctxs.current().with_config(&config));
+                }
+                let ctx = ctxs.current();
                 // Counted like any connection, but never refused for the
                 // node's limit.
                 let (slot, _) = ConnSlot::new(&ctx.hub);
                 match PendingSlot::take(&ctx.hub, &ctx.pending_by_ip, peer.ip()) {
                     Ok(pending) => {
-                        monoio::spawn(conn::serve(ctx.clone(), stream, slot, pending));
+                        monoio::spawn(conn::serve(ctxs.clone(), stream, slot, pending));
                     }
                     Err(why) => {
                         monoio::spawn(listener::refuse(ctx.clone(), stream, slot, why.message()));

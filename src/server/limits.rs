@@ -15,7 +15,11 @@
 //!   `max_pending_per_ip` per client address, counted per worker:
 //!   `SO_REUSEPORT` spreads one address's connections over the workers by
 //!   their ports, so each worker allows its share, rounded up).
-//! * [`KeySlot`]: a stream of an API key (the key's `max_connections`).
+//! * [`KeySlot`]: a stream of an API key (the key's `max_connections`),
+//!   counted in the key's counter of [`KeyStreams`]. A reload builds a new
+//!   table that carries each counter over to the key of the same name, so
+//!   a kept key's count goes on, and a slot always gives its count back to
+//!   the counter it took it from, whatever reloads came in between.
 //! * [`StreamSlot`]: an open stream, on its worker, node and topic, holding
 //!   its key's slot.
 
@@ -24,8 +28,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::config::Key;
 use crate::hub::{Hub, Topic};
 use crate::server::worker::Worker;
 
@@ -123,41 +128,77 @@ impl Drop for PendingSlot {
     }
 }
 
-/// One stream of API key `key` (index into the settings' keys).
+/// Open streams per API key, across every worker, by the key's index in
+/// one configuration's `keys` (one table per configuration: its indices
+/// are that configuration's).
+pub struct KeyStreams(Box<[Arc<AtomicU32>]>);
+
+impl KeyStreams {
+    pub fn new(keys: &[Key]) -> KeyStreams {
+        KeyStreams(keys.iter().map(|_| Arc::default()).collect())
+    }
+
+    /// The table of a reloaded configuration's `keys`: a key whose name
+    /// `old` (this table's keys) has keeps its counter, a new key starts at
+    /// zero. A removed key's counter lives on in its open streams' slots
+    /// until they close.
+    pub fn carried_over(&self, old: &[Key], keys: &[Key]) -> KeyStreams {
+        KeyStreams(
+            keys.iter()
+                .map(|k| match old.iter().position(|o| o.name == k.name) {
+                    Some(i) => self.0[i].clone(),
+                    None => Arc::default(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Open streams of key `k`.
+    pub fn open(&self, k: usize) -> u32 {
+        self.0[k].load(Ordering::Relaxed)
+    }
+}
+
+/// One stream of an API key, counted in that key's counter.
 pub struct KeySlot {
-    hub: Arc<Hub>,
-    key: usize,
+    count: Arc<AtomicU32>,
 }
 
 impl KeySlot {
-    /// `None` when the key already has its `max_connections` streams open.
-    pub fn take(hub: &Arc<Hub>, key: usize) -> Option<KeySlot> {
-        hub.acquire_key_stream(key).then(|| KeySlot {
-            hub: hub.clone(),
-            key,
+    /// Counts a stream of key `k`; `None` (and nothing counted) when the key
+    /// already has `max_connections` streams open (0: no cap).
+    pub fn take(table: &KeyStreams, k: usize, max_connections: u32) -> Option<KeySlot> {
+        let count = &table.0[k];
+        // Relaxed: the count is the only shared state; an increment that
+        // overshoots is undone before anyone acts on it.
+        let prev = count.fetch_add(1, Ordering::Relaxed);
+        if max_connections != 0 && prev >= max_connections {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(KeySlot {
+            count: count.clone(),
         })
     }
 }
 
 impl Drop for KeySlot {
     fn drop(&mut self) {
-        self.hub.release_key_stream(self.key);
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// An open stream, counted on its worker, its node and its topic, with
 /// its connection's and its key's slots. It lives in the stream's task for
 /// the whole stream, so it is kept small (24 bytes): the two slots it takes
-/// over are held as the worker's hub and a key index.
+/// over are held as the worker's hub and the key's counter.
 pub struct StreamSlot {
     worker: Rc<Worker>,
     topic: Arc<Topic>,
-    /// Index of the key whose stream count this holds (`NO_KEY`: none).
-    key: u32,
+    /// The key's slot (its counter), if the stream has a key: held for its
+    /// `Drop`.
+    _key: Option<KeySlot>,
 }
-
-/// `StreamSlot::key` of a stream without a key.
-const NO_KEY: u32 = u32::MAX;
 
 impl StreamSlot {
     pub fn new(
@@ -169,21 +210,13 @@ impl StreamSlot {
         worker.streams.set(worker.streams.get() + 1);
         worker.hub.streams.fetch_add(1, Ordering::Relaxed);
         topic.subscribers.fetch_add(1, Ordering::Relaxed);
-        // The connection's and the key's counts now belong to this slot,
-        // released in its Drop.
+        // The connection's count now belongs to this slot, released in its
+        // Drop (the key slot gives its own back when the slot drops).
         std::mem::forget(conn);
-        let key = match key {
-            Some(k) => {
-                let i = u32::try_from(k.key).expect("fewer than u32::MAX keys");
-                std::mem::forget(k);
-                i
-            }
-            None => NO_KEY,
-        };
         StreamSlot {
             worker: worker.clone(),
             topic: topic.clone(),
-            key,
+            _key: key,
         }
     }
 
@@ -195,18 +228,10 @@ impl StreamSlot {
     pub fn topic(&self) -> &Arc<Topic> {
         &self.topic
     }
-
-    /// The index of the stream's key, if it has one.
-    pub fn key(&self) -> Option<usize> {
-        (self.key != NO_KEY).then_some(self.key as usize)
-    }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        if self.key != NO_KEY {
-            self.worker.hub.release_key_stream(self.key as usize);
-        }
         self.worker.hub.connections.fetch_sub(1, Ordering::Relaxed);
         self.topic.subscribers.fetch_sub(1, Ordering::Relaxed);
         self.worker.hub.streams.fetch_sub(1, Ordering::Relaxed);

@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::server::http::error::ApiError;
 use crate::server::http::response::error_response;
-use crate::server::http::{Context, conn};
+use crate::server::http::{Context, Contexts, conn};
 use crate::server::limits::{ConnSlot, PendingSlot};
 
 /// Listen backlog of each worker's socket.
@@ -95,23 +95,24 @@ pub fn bind(addr: SocketAddr, sndbuf_bytes: usize) -> io::Result<std::net::TcpLi
 /// Accepts connections until the worker stops. On a full file descriptor
 /// table it frees a reserved descriptor, accepts, answers 503 and closes,
 /// so that clients get an answer instead of a hanging connect.
-pub async fn accept_loop(ctx: Rc<Context>, listener: TcpListener) {
+pub async fn accept_loop(ctxs: Rc<Contexts>, listener: TcpListener) {
     let mut reserve = std::fs::File::open("/dev/null").ok();
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let ctx = ctxs.current();
                 let (slot, before) = ConnSlot::new(&ctx.hub);
                 if before >= ctx.settings.max_connections {
                     let why = "node is at its connection limit";
-                    monoio::spawn(refuse(ctx.clone(), stream, slot, why));
+                    monoio::spawn(refuse(ctx, stream, slot, why));
                 } else {
                     match PendingSlot::take(&ctx.hub, &ctx.pending_by_ip, peer.ip()) {
                         Ok(pending) => {
-                            monoio::spawn(conn::serve(ctx.clone(), stream, slot, pending));
+                            monoio::spawn(conn::serve(ctxs.clone(), stream, slot, pending));
                         }
                         Err(why) => {
-                            monoio::spawn(refuse(ctx.clone(), stream, slot, why.message()));
+                            monoio::spawn(refuse(ctx, stream, slot, why.message()));
                         }
                     }
                 }
@@ -130,9 +131,10 @@ pub async fn accept_loop(ctx: Rc<Context>, listener: TcpListener) {
                 if let Some(r) = reserve.take() {
                     drop(r);
                     if let Ok((stream, _)) = listener.accept().await {
+                        let ctx = ctxs.current();
                         let (slot, _) = ConnSlot::new(&ctx.hub);
                         let why = "server is out of file descriptors";
-                        refuse(ctx.clone(), stream, slot, why).await;
+                        refuse(ctx, stream, slot, why).await;
                     }
                 }
                 // Under io_uring the refused socket's close is itself an

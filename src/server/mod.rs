@@ -2,6 +2,9 @@
 //! workers (one pinned thread each, `sluice-worker-{n}`), the sources and the
 //! signal thread, and waits for a clean stop.
 //!
+//! SIGHUP reloads the configuration file ([`reload`]: validated whole, then
+//! handed to the hub and to every worker through its inbox).
+//!
 //! Cold module. Shutdown (SIGTERM / SIGINT): the hub drains, every stream is
 //! told `reconnect` (reason `shutdown`, jittered retry), and each worker
 //! waits until its streams have closed or `worker::DRAIN_GRACE_S` has passed.
@@ -17,6 +20,7 @@ pub mod admin;
 pub mod http;
 pub mod limits;
 pub mod listener;
+pub mod reload;
 pub mod routes;
 pub mod runtime;
 pub mod systemd;
@@ -24,6 +28,7 @@ pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,7 +36,6 @@ use std::time::Duration;
 
 use monoio::net::TcpListener;
 
-use crate::auth::Keys;
 use crate::config::{Settings, SourceKind};
 use crate::hub::Hub;
 use crate::sources;
@@ -59,8 +63,10 @@ pub enum ServerError {
     WorkerDied(usize),
 }
 
-/// Runs the server until SIGTERM / SIGINT and a clean drain.
-pub fn run(mut settings: Settings) -> Result<(), ServerError> {
+/// Runs the server until SIGTERM / SIGINT and a clean drain. `config_path`
+/// is the file the settings came from, re-read on SIGHUP (`None`: the
+/// built-in demo, which cannot be reloaded).
+pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     settings.max_connections = listener::fd_budget(settings.max_connections, settings.workers);
     let settings = Arc::new(settings);
     crate::metrics::install();
@@ -81,9 +87,9 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     }
 
     let hub = Arc::new(Hub::new(settings.clone()));
-    let keys = Arc::new(Keys::new(&settings.keys));
+    let published = reload::Published::new(http::Config::new(settings.clone()), settings.workers);
     if let Some(admin_addr) = settings.admin_listen {
-        let bound = admin::spawn(admin_addr, hub.clone(), keys.clone())?;
+        let bound = admin::spawn(admin_addr, hub.clone(), published.clone())?;
         tracing::info!(admin = %bound, "admin endpoints (/metrics, /healthz, /v1/topics, /v1/usage) on {bound}");
     }
     let driver = Driver::from_env();
@@ -97,7 +103,8 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
         }
     }
     crate::hub::coalesce::spawn(hub.clone()).map_err(ServerError::Thread)?;
-    let signals = spawn_signal_thread(hub.clone())?;
+    let reloader = reload::Reloader::new(hub.clone(), config_path, published.clone());
+    let signals = spawn_signal_thread(hub.clone(), reloader)?;
     // Each worker says when it ends. One that ends while the node is not
     // draining has failed: the process exits non-zero so that the service
     // manager restarts it, rather than serving on with a dead listener.
@@ -105,7 +112,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     let (events_tx, events) = std::sync::mpsc::channel::<WorkerEvent>();
     for (id, listener) in listeners.into_iter().enumerate() {
         let hub = hub.clone();
-        let keys = keys.clone();
+        let published = published.clone();
         let events_tx = events_tx.clone();
         let core = if cores.is_empty() {
             None
@@ -118,7 +125,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                run_worker(id, hub, keys, listener, driver, &events_tx);
+                run_worker(id, hub, published, listener, driver, &events_tx);
                 let _ = events_tx.send(WorkerEvent::Ended(id));
             })
             .map_err(ServerError::Thread)?;
@@ -152,7 +159,11 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     Ok(())
 }
 
-fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, ServerError> {
+/// The signal thread: SIGTERM / SIGINT drain and stop; SIGHUP reloads.
+fn spawn_signal_thread(
+    hub: Arc<Hub>,
+    reloader: reload::Reloader,
+) -> Result<std::thread::JoinHandle<()>, ServerError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(ServerError::Signals)?;
@@ -161,7 +172,13 @@ fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, Ser
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    tracing::warn!("SIGHUP: reload is not supported yet; configuration unchanged");
+                    systemd::reloading();
+                    reloader.on_sighup();
+                    // Other SIGHUP duties go here, after the reload (the
+                    // usage meter reopens its file).
+                    // READY=1 once the reload has been applied by every
+                    // worker, or has failed.
+                    systemd::ready(&systemd::status(&hub));
                     continue;
                 }
                 tracing::info!(signal = sig, "draining");
@@ -195,14 +212,14 @@ impl Drop for DrainedOnDrop {
 fn run_worker(
     id: usize,
     hub: Arc<Hub>,
-    keys: Arc<Keys>,
+    published: Arc<reload::Published>,
     listener: std::net::TcpListener,
     driver: Driver,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
 ) {
     let drained = DrainedOnDrop(hub.clone());
     match Runtime::new(driver) {
-        Ok(mut rt) => rt.block_on(worker_main(id, hub, keys, listener, events, drained)),
+        Ok(mut rt) => rt.block_on(worker_main(id, hub, published, listener, events, drained)),
         Err(e) => tracing::error!(error = %e, "cannot start worker {id}"),
     }
 }
@@ -210,7 +227,7 @@ fn run_worker(
 async fn worker_main(
     id: usize,
     hub: Arc<Hub>,
-    keys: Arc<Keys>,
+    published: Arc<reload::Published>,
     listener: std::net::TcpListener,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
     drained: DrainedOnDrop,
@@ -223,11 +240,15 @@ async fn worker_main(
         }
     };
     let w = Rc::new(Worker::new(id, hub));
-    let ctx = Rc::new(http::Context::new(w.clone(), keys));
+    // The configuration at start; a reload published meanwhile is applied
+    // by the reload task as soon as it runs (its wake-up is waiting).
+    let (_, config) = published.latest();
+    let ctxs = Rc::new(http::Contexts::new(http::Context::new(w.clone(), &config)));
     monoio::spawn(worker::fanout::fanout_loop(w.clone()));
     monoio::spawn(worker::wheel::tick_loop(w.clone()));
     monoio::spawn(worker::permits::reap_loop(w.clone()));
-    monoio::spawn(listener::accept_loop(ctx, listener));
+    monoio::spawn(reload::worker_task(ctxs.clone(), published));
+    monoio::spawn(listener::accept_loop(ctxs, listener));
     w.hub.beat(id, crate::time::mono_ms());
     w.hub.workers_up.fetch_add(1, Ordering::Relaxed);
     let _ = events.send(WorkerEvent::Up);

@@ -36,7 +36,11 @@ pub struct Admitted {
     pub filter: Option<Filter>,
     pub heartbeat_s: u32,
     pub last_id: Option<u64>,
+    /// The key's index (a key or a stream token), and its stream slot.
+    pub key_index: Option<usize>,
     pub key: Option<KeySlot>,
+    /// Admitted with a stream token.
+    pub token: bool,
 }
 
 /// Every check of a stream request, in order.
@@ -55,10 +59,14 @@ pub fn admit_stream(
     let filter = row_filter(&topic, req, &target.fixed)?;
     let (heartbeat_s, last_id) = stream_params(ctx, req)?;
     let key = match principal.key() {
-        Some(k) => Some(KeySlot::take(&ctx.hub, k).ok_or(ApiError::new(
-            ErrorKind::TooManyConnections,
-            "this key has max_connections streams open",
-        ))?),
+        Some(k) => Some(
+            KeySlot::take(&ctx.key_streams, k, ctx.settings.keys[k].max_connections).ok_or(
+                ApiError::new(
+                    ErrorKind::TooManyConnections,
+                    "this key has max_connections streams open",
+                ),
+            )?,
+        ),
         None => None,
     };
     Ok(Admitted {
@@ -67,7 +75,9 @@ pub fn admit_stream(
         filter,
         heartbeat_s,
         last_id,
+        key_index: principal.key(),
         key,
+        token: matches!(principal, Principal::Token(_)),
     })
 }
 

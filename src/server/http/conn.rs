@@ -23,8 +23,9 @@ use crate::server::http::chunked::{ChunkedDecoder, Progress};
 use crate::server::http::error::{ApiError, ErrorKind};
 use crate::server::http::parse::{self, MAX_HEAD_BYTES};
 use crate::server::http::response::{cors_headers, error_response, head_only};
-use crate::server::http::{Context, Method, Request};
+use crate::server::http::{Context, Contexts, Method, Request};
 use crate::server::limits::{ConnSlot, PendingSlot};
+use crate::server::worker::StreamAuth;
 use crate::server::worker::stream::{self, StreamStart};
 use crate::sse;
 
@@ -49,12 +50,21 @@ pub const CLOSE_LINGER: Duration = Duration::from_millis(250);
 /// kept-alive connection, which may wait `keepalive_timeout_s` for that
 /// byte; a body within `body_timeout_s` of its head. A connection past a
 /// deadline is closed without an answer (the client has gone quiet).
-pub async fn serve(ctx: Rc<Context>, mut stream: TcpStream, conn: ConnSlot, pending: PendingSlot) {
+///
+/// Each request is served with the worker's context current once its head
+/// has arrived (a reload applies from the next request on).
+pub async fn serve(
+    ctxs: Rc<Contexts>,
+    mut stream: TcpStream,
+    conn: ConnSlot,
+    pending: PendingSlot,
+) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_READ_BYTES);
-    let header_timeout = Duration::from_secs(ctx.settings.header_timeout_s.into());
     let mut first = true;
     loop {
+        let ctx = ctxs.current(); // for the deadlines only
+        let header_timeout = Duration::from_secs(ctx.settings.header_timeout_s.into());
         // Read one request head.
         let mut deadline = Instant::now()
             + if first || !buf.is_empty() {
@@ -86,6 +96,11 @@ pub async fn serve(ctx: Rc<Context>, mut stream: TcpStream, conn: ConnSlot, pend
                 deadline = deadline.min(Instant::now() + header_timeout);
             }
         };
+        // The request is served with the context current now, after its
+        // head: a stream is admitted and joins its worker with no await in
+        // between, so the key and tier indices it records are those of the
+        // configuration its worker has when it joins (`server::reload`).
+        let ctx = ctxs.current();
         let keep_alive = req.keep_alive && !ctx.hub.is_draining();
 
         // Only POST takes a body. Any other request that announces one is
@@ -183,6 +198,11 @@ fn begin_stream(ctx: &Context, stream: TcpStream, conn: ConnSlot, req: &Request,
         heartbeat_s: a.heartbeat_s,
         max_duration_s: s.max_duration_s,
         key: a.key,
+        auth: StreamAuth {
+            key: a.key_index.and_then(|k| u32::try_from(k).ok()),
+            tier: u32::try_from(a.tier).unwrap_or(u32::MAX),
+            token: a.token,
+        },
         head: head.freeze(),
         connected: sse::Connected {
             retry_ms: s.retry_ms,

@@ -147,7 +147,7 @@ impl Worker {
             return;
         };
         let now = self.now();
-        let max_events = self.stream.max_events;
+        let max_events = self.stream().max_events;
         let tail = ring.tail().min(upto);
         if cg.cursor >= tail {
             return;
@@ -222,7 +222,7 @@ impl Worker {
             }
             if self.queue(m, frame, now) {
                 delivered += 1;
-                self.counters.delivered(m.tier);
+                self.counters.delivered(m.tier());
                 let n = m.events.get() + 1;
                 m.events.set(n);
                 if max_events != 0 && n >= max_events {
@@ -244,7 +244,7 @@ impl Worker {
         if queued > 0 && queued + frame.len() > MAX_QUEUED_BYTES {
             m.queue.borrow_mut().clear();
             m.queued_bytes.set(0);
-            let retry = jittered_retry(self.stream.retry_ms);
+            let retry = jittered_retry(self.stream().retry_ms);
             self.close(
                 m,
                 Rc::new(sse::reconnect_frame(ReconnectReason::SlowConsumer, retry)),

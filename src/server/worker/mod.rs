@@ -40,18 +40,19 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::config::StreamSettings;
-use crate::hub::Hub;
+use crate::hub::{Hub, Topic};
 use crate::metrics::WorkerCounters;
 use crate::server::access::CloseReason;
 use crate::sse::{self, ReconnectReason};
 use crate::time::unix_secs;
 use fanout::Groups;
-use iovec::{Frame, FrameBatch};
+pub use iovec::Frame;
+use iovec::FrameBatch;
 use subscriber::{Subscriber, jittered_retry};
 use wheel::secs_to_ms;
 
 pub use permits::{BULK_TURN, PERMIT_STALL, WRITE_PERMITS};
-pub use subscriber::SubState;
+pub use subscriber::{StreamAuth, SubState};
 pub use wheel::TICK_MS;
 
 /// Most bytes queued on one connection before it is a slow consumer.
@@ -73,8 +74,9 @@ struct SharedFrames {
 pub struct Worker {
     pub id: usize,
     pub hub: Arc<Hub>,
-    /// What the stream code needs of the configuration.
-    pub stream: StreamSettings,
+    /// What the stream code needs of the configuration ([`Worker::stream`];
+    /// a reload replaces it, [`Worker::reload`]).
+    stream: Cell<StreamSettings>,
     groups: RefCell<Groups>,
     wheel: RefCell<Vec<Vec<Rc<Subscriber>>>>,
     /// The clock's zero: when the worker started.
@@ -118,7 +120,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(id: usize, hub: Arc<Hub>) -> Worker {
         let stream = hub.settings().stream();
-        let counters = WorkerCounters::new(id, hub.settings());
+        let counters = WorkerCounters::new(id, &hub.settings());
         let unix_s = unix_secs();
         let max_duration_s = u32::try_from(stream.max_duration.as_secs()).unwrap_or(u32::MAX);
         let frames = SharedFrames {
@@ -129,7 +131,7 @@ impl Worker {
         Worker {
             id,
             hub,
-            stream,
+            stream: Cell::new(stream),
             groups: RefCell::new(Groups::new()),
             wheel: RefCell::new((0..wheel::WHEEL_SLOTS).map(|_| Vec::new()).collect()),
             origin: Instant::now(),
@@ -164,6 +166,10 @@ impl Worker {
             self.batches.borrow_mut().push(batch);
         }
     }
+    /// The stream settings in force.
+    pub fn stream(&self) -> StreamSettings {
+        self.stream.get()
+    }
     pub fn is_draining(&self) -> bool {
         self.draining_since.get().is_some()
     }
@@ -185,7 +191,7 @@ impl Worker {
         let groups = std::mem::take(&mut *self.groups.borrow_mut());
         for (_, tg) in groups {
             for m in tg.members() {
-                let retry = jittered_retry(self.stream.retry_ms);
+                let retry = jittered_retry(self.stream().retry_ms);
                 self.close(
                     m,
                     Rc::new(sse::reconnect_frame(ReconnectReason::Shutdown, retry)),
@@ -198,6 +204,56 @@ impl Worker {
             }
         }
     }
+    /// Applies a reloaded configuration to this worker's streams, on its
+    /// own thread (`server::reload` calls it): `stream` is in force from
+    /// now on for every stream (limits count from each stream's start;
+    /// `max_events` is checked at the stream's next update), and `decide`
+    /// says, for every open stream by its topic and [`StreamAuth`], whether
+    /// it goes on (with its indices into the new configuration), is told to
+    /// reconnect (reason `reload`, jittered retry) or ends with a frame.
+    /// Cold: once per reload; streams that go on are not touched otherwise.
+    pub fn reload(
+        &self,
+        stream: StreamSettings,
+        mut decide: impl FnMut(&Topic, StreamAuth) -> Verdict,
+    ) -> Reloaded {
+        self.stream.set(stream);
+        let max_duration_s = u32::try_from(stream.max_duration.as_secs()).unwrap_or(u32::MAX);
+        {
+            let mut f = self.frames.borrow_mut();
+            f.timeout = Rc::new(sse::timeout_frame(max_duration_s));
+            f.limit = Rc::new(sse::limit_frame(stream.max_events));
+        }
+        let now = self.now();
+        let mut done = Reloaded::default();
+        let groups = self.groups.borrow();
+        for tg in groups.values() {
+            for m in tg.members() {
+                if m.state() != SubState::Open {
+                    continue;
+                }
+                match decide(&tg.topic, m.auth()) {
+                    Verdict::Keep(auth) => {
+                        m.set_auth(auth);
+                        m.set_max_duration(max_duration_s);
+                        done.kept += 1;
+                    }
+                    Verdict::Reconnect => {
+                        let retry = jittered_retry(stream.retry_ms);
+                        let f = sse::reconnect_frame(ReconnectReason::Reload, retry);
+                        self.close(m, Rc::new(f), now, CloseReason::Reload);
+                        done.reconnected += 1;
+                    }
+                    Verdict::End(frame) => {
+                        self.close(m, frame, now, CloseReason::Error);
+                        done.ended += 1;
+                    }
+                }
+            }
+        }
+        done
+    }
+
     /// True once a draining worker may stop.
     pub fn drained(&self) -> bool {
         match self.draining_since.get() {
@@ -208,6 +264,25 @@ impl Worker {
             None => false,
         }
     }
+}
+
+/// What a reload does to one stream ([`Worker::reload`]).
+pub enum Verdict {
+    /// It goes on, with these indices into the new configuration.
+    Keep(StreamAuth),
+    /// `event: reconnect`, reason `reload`, with a jittered retry; then it
+    /// closes.
+    Reconnect,
+    /// This closing frame (an `event: error`), then it closes.
+    End(Frame),
+}
+
+/// What a reload did to one worker's open streams.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reloaded {
+    pub kept: usize,
+    pub reconnected: usize,
+    pub ended: usize,
 }
 
 /// A frame from bytes built for one connection.

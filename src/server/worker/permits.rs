@@ -196,7 +196,7 @@ impl Worker {
     /// Their socket is full, so no closing frame could reach them; the close
     /// is counted as a slow consumer.
     pub(super) fn close_stalled(&self, now: u64) {
-        let limit = u64::try_from(self.stream.slow_consumer.as_millis()).unwrap_or(u64::MAX);
+        let limit = u64::try_from(self.stream().slow_consumer.as_millis()).unwrap_or(u64::MAX);
         let overdue = |sub: &Subscriber| {
             let since = sub.write_since.get();
             since != NOT_WRITING && now.saturating_sub(since) >= limit

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
 
-use super::subscriber::{SubState, Subscriber};
+use super::subscriber::{StreamAuth, SubState, Subscriber};
 use super::{Worker, frame};
 use crate::hub::{Filter, Start, Topic};
 use crate::server::access::{self, CloseReason};
@@ -45,6 +45,8 @@ pub struct StreamStart<'a> {
     pub max_duration_s: u32,
     /// The key's stream slot (`max_connections`), if the request had a key.
     pub key: Option<KeySlot>,
+    /// Its key and tier, for reloads.
+    pub auth: StreamAuth,
     /// The HTTP response head (status line and headers, CORS included).
     pub head: Bytes,
     /// The `connected` frame's fields; `resumed` is filled in here.
@@ -55,16 +57,20 @@ pub struct StreamStart<'a> {
 /// no live frame comes between them), joins the fan-out and spawns the
 /// stream's task, which owns the socket from here on.
 pub fn start(w: &Rc<Worker>, stream: TcpStream, conn: ConnSlot, s: StreamStart<'_>) {
-    let sub = Rc::new(
-        Subscriber::new(w.now(), s.heartbeat_s, s.max_duration_s, s.raw_tier).with_tier(s.tier),
-    );
+    let sub = Rc::new(Subscriber::new(
+        w.now(),
+        s.heartbeat_s,
+        s.max_duration_s,
+        s.raw_tier,
+    ));
+    sub.set_auth(s.auth);
     let start = w.subscribe(&s.topic, s.cadence, s.filter.map(Rc::new), &sub, s.last_id);
     sub.push(frame(s.head));
     let mut connected = s.connected;
     connected.resumed = matches!(start, Start::Replay(_));
     connected.ts_ms = unix_millis();
     sub.push(frame(sse::connected_frame(&connected)));
-    let max_events = w.stream.max_events;
+    let max_events = w.stream().max_events;
     match start {
         Start::Replay(frames) => {
             let max = if max_events == 0 {

@@ -26,6 +26,21 @@ pub enum SubState {
     Closed,
 }
 
+/// Whose a stream is, as indices into the configuration of its worker's
+/// request side when it was admitted (and, after a reload, into the
+/// reloaded one): what a reload needs to find the streams of a removed key
+/// or a changed tier. Plain numbers: the hot side never reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamAuth {
+    /// Index of the stream's key (`None`: anonymous).
+    pub key: Option<u32>,
+    /// Index of the stream's tier.
+    pub tier: u32,
+    /// Admitted with a stream token of the key (whose tier may be
+    /// narrower than the key's).
+    pub token: bool,
+}
+
 /// The worker-side half of one SSE connection, shared (`Rc`) between its
 /// group, the timer wheel and the connection task.
 pub struct Subscriber {
@@ -36,9 +51,11 @@ pub struct Subscriber {
     pub(super) events: Cell<u32>,
     /// Worker clock (ms) of the last frame queued: silence counts from here.
     pub(super) last_write: Cell<u64>,
+    /// Worker clock (ms) when the stream started.
+    pub(super) started: u64,
     /// Worker clock (ms) at which `max_duration_s` is reached (`u64::MAX`:
-    /// never).
-    pub(super) deadline: u64,
+    /// never). A reload moves it (counted from `started`).
+    pub(super) deadline: Cell<u64>,
     /// Worker clock (ms) after which a closing connection is aborted.
     pub(super) close_deadline: Cell<u64>,
     pub(super) heartbeat_s: u32,
@@ -55,24 +72,17 @@ pub struct Subscriber {
     pub(super) write_since: Cell<u64>,
     /// A raw-tier stream: waits for write permits ahead of coalesced ones.
     pub(super) raw_tier: bool,
-    /// Its tier (index into the settings' tiers), for metrics and logs.
-    pub(super) tier: usize,
-    /// Worker clock (ms) when it started.
-    pub(super) started: u64,
     /// Bytes written to its socket.
     pub(super) bytes: Cell<u64>,
     /// Why it is closing; the first reason set wins.
     pub(super) close_reason: Cell<Option<CloseReason>>,
+    /// Its key and tier (cold: read by metrics at its close and by reloads).
+    pub(super) auth: Cell<StreamAuth>,
 }
 
 impl Subscriber {
     /// A stream starting at `now` ([`Worker::now`]).
     pub fn new(now: u64, heartbeat_s: u32, max_duration_s: u32, raw_tier: bool) -> Subscriber {
-        let deadline = if max_duration_s == 0 {
-            u64::MAX
-        } else {
-            now.saturating_add(secs_to_ms(max_duration_s))
-        };
         Subscriber {
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -80,7 +90,8 @@ impl Subscriber {
             state: Cell::new(SubState::Open),
             events: Cell::new(0),
             last_write: Cell::new(now),
-            deadline,
+            started: now,
+            deadline: Cell::new(deadline(now, max_duration_s)),
             close_deadline: Cell::new(u64::MAX),
             heartbeat_s,
             permit: Cell::new(false),
@@ -88,21 +99,15 @@ impl Subscriber {
             permit_epoch: Cell::new(0),
             write_since: Cell::new(NOT_WRITING),
             raw_tier,
-            tier: 0,
-            started: now,
             bytes: Cell::new(0),
             close_reason: Cell::new(None),
+            auth: Cell::new(StreamAuth::default()),
         }
     }
 
-    /// The same stream, of tier `tier` (index into the settings' tiers).
-    pub fn with_tier(mut self, tier: usize) -> Subscriber {
-        self.tier = tier;
-        self
-    }
-
+    /// Its tier (index into the settings' tiers), for metrics and logs.
     pub fn tier(&self) -> usize {
-        self.tier
+        self.auth.get().tier as usize
     }
 
     /// Worker clock (ms) when the stream started.
@@ -128,6 +133,22 @@ impl Subscriber {
         if self.close_reason.get().is_none() {
             self.close_reason.set(Some(reason));
         }
+    }
+
+    /// Records whose the stream is (at its start, and by a reload).
+    pub fn set_auth(&self, auth: StreamAuth) {
+        self.auth.set(auth);
+    }
+
+    pub fn auth(&self) -> StreamAuth {
+        self.auth.get()
+    }
+
+    /// A reload's `max_duration_s`, counted from the stream's start. A
+    /// deadline it brings forward is noticed when the stream's wheel entry
+    /// next comes up (its next heartbeat at the latest).
+    pub(super) fn set_max_duration(&self, max_duration_s: u32) {
+        self.deadline.set(deadline(self.started, max_duration_s));
     }
 
     pub fn state(&self) -> SubState {
@@ -194,7 +215,7 @@ impl Subscriber {
                 .last_write
                 .get()
                 .saturating_add(secs_to_ms(self.heartbeat_s))
-                .min(self.deadline),
+                .min(self.deadline.get()),
             _ => self.close_deadline.get(),
         }
     }
@@ -204,6 +225,16 @@ impl Subscriber {
         self.state.set(SubState::Closed);
         self.queue.borrow_mut().clear();
         self.queued_bytes.set(0);
+    }
+}
+
+/// The worker clock at which a stream started at `started` reaches
+/// `max_duration_s` (0: never).
+fn deadline(started: u64, max_duration_s: u32) -> u64 {
+    if max_duration_s == 0 {
+        u64::MAX
+    } else {
+        started.saturating_add(secs_to_ms(max_duration_s))
     }
 }
 

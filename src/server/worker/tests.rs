@@ -402,3 +402,95 @@ fn slow_consumer_is_told_to_reconnect() {
     );
     assert_eq!(s.state(), SubState::Closing);
 }
+
+#[test]
+fn a_reload_applies_its_verdicts_and_new_limits_to_open_streams() {
+    let (w, hub) = worker("heartbeat_s = 2\nmax_duration_s = 100\nmax_events = 100");
+    w.set_clock(0);
+    let t = hub.topic("a").unwrap();
+    let subs: Vec<_> = (0..3u32)
+        .map(|i| {
+            let s = Rc::new(Subscriber::new(w.now(), 2, 100, true));
+            s.set_auth(StreamAuth {
+                key: Some(i),
+                tier: 0,
+                token: false,
+            });
+            w.subscribe(&t, 0, None, &s, None);
+            w.schedule(&s);
+            drain(&s);
+            s
+        })
+        .collect();
+    let quiet = Rc::new(Subscriber::new(w.now(), 2, 100, true));
+    quiet.set_auth(StreamAuth {
+        key: Some(0),
+        tier: 0,
+        token: false,
+    });
+    w.subscribe(&hub.topic("b").unwrap(), 0, None, &quiet, None);
+    w.schedule(&quiet);
+    drain(&quiet);
+    publish(&hub, &t, 0);
+    w.on_inbox();
+    for s in &subs {
+        drain(s);
+    }
+    let mut stream = w.stream();
+    stream.retry_ms = 1000;
+    stream.max_events = 2;
+    stream.max_duration = std::time::Duration::from_secs(3);
+    let gone = Rc::new(Bytes::from_static(b"event: error\ndata: {}\n\n"));
+    let done = w.reload(stream, |topic, auth| {
+        assert!(["a", "b"].contains(&&*topic.name));
+        match auth.key {
+            Some(0) => Verdict::Keep(StreamAuth {
+                key: Some(7),
+                ..auth
+            }),
+            Some(1) => Verdict::Reconnect,
+            _ => Verdict::End(gone.clone()),
+        }
+    });
+    assert_eq!(
+        done,
+        Reloaded {
+            kept: 2,
+            reconnected: 1,
+            ended: 1
+        }
+    );
+    assert_eq!(subs[0].auth().key, Some(7), "indices into the new config");
+    let f = drain(&subs[1]);
+    assert_eq!(f.len(), 1);
+    let retry: u32 = f[0]
+        .strip_prefix("event: reconnect\nretry: ")
+        .and_then(|r| r.split('\n').next())
+        .and_then(|r| r.parse().ok())
+        .expect("a reconnect frame");
+    assert!((750..=1250).contains(&retry), "{retry}");
+    assert!(f[0].contains("\"reason\":\"reload\""), "{}", f[0]);
+    assert_eq!(drain(&subs[2]), vec!["event: error\ndata: {}\n\n"]);
+    assert_eq!(subs[1].state(), SubState::Closing);
+    assert_eq!(subs[2].state(), SubState::Closing);
+    // The kept stream: its next update is its second (max_events is now 2),
+    // and max_duration_s (now 3) counts from its start.
+    publish(&hub, &t, 1);
+    w.on_inbox();
+    let f = drain(&subs[0]);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(
+        f[1],
+        "event: limit\ndata: {\"type\":\"limit\",\"max_events\":2}\n\n"
+    );
+    // A kept stream of another topic: its deadline moves to 3 s after its
+    // start, noticed at its next heartbeat check (2 s), due at 3 s.
+    let got = run_clock(&w, &quiet, 1000, 3000, 100);
+    assert_eq!(
+        got,
+        vec![
+            (2000, "heartbeat".to_string()),
+            (3000, "event: timeout".to_string())
+        ]
+    );
+}

@@ -117,7 +117,7 @@ impl Worker {
                     }
                 }
                 SubState::Open => {
-                    if now >= sub.deadline {
+                    if now >= sub.deadline.get() {
                         sub.close_with(timeout.clone(), stamp, CloseReason::Timeout);
                         let at = sub.close_deadline.get();
                         self.put(sub, at);
