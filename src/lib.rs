@@ -18,6 +18,9 @@
 //!   timer wheel ([`server::worker`]), the vectored write batch
 //!   ([`server::iovec`]).
 //!
+//! * [`cluster`]: with `[cluster]`, publishes go to a NATS JetStream
+//!   stream and every node applies it in order (its own tokio thread).
+//!
 //! * [`bench`]: `sluice bench`, the SSE load generator (its own runtime
 //!   threads; it shares nothing with the server but the crate).
 //!
@@ -30,6 +33,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod fault;
 pub mod hub;

@@ -29,7 +29,7 @@ use crate::server::chunked::{ChunkError, ChunkedDecoder, Progress};
 use crate::server::http::{self, HttpError, Method, Request};
 use crate::server::limits::PendingSlot;
 use crate::server::worker::{SubState, Subscriber, Worker, frame};
-use crate::sources::publish::{Accepted, Format, accept};
+use crate::sources::publish::{Accepted, Format, PublishError, Submitted, submit};
 use crate::sse;
 use crate::time::unix_millis;
 
@@ -142,7 +142,7 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream, pending: PendingSlot) {
                 Ok(false) => {
                     // Not an endpoint that takes a body: answer (404 or 405)
                     // without reading it, and close.
-                    let out = route(&w, &req, Vec::new(), false);
+                    let out = route(&w, &req, Vec::new(), false).now();
                     let _ = stream.write_all(out.freeze()).await;
                     close_gracefully(&mut stream).await;
                     return;
@@ -170,7 +170,11 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream, pending: PendingSlot) {
             buf.drain(..req.head_len);
             Vec::new()
         };
-        let out = route(&w, &req, body, keep_alive);
+        let out = match route(&w, &req, body, keep_alive) {
+            Reply::Now(out) => out,
+            // `[cluster]`: the 202 waits for JetStream to store the update.
+            Reply::Stored(s) => respond(&w, &req, accepted(s.wait().await), keep_alive),
+        };
         if stream.write_all(out.freeze()).await.0.is_err() || !keep_alive {
             return;
         }
@@ -329,11 +333,54 @@ fn admit_post(w: &Worker, req: &Request) -> Result<bool, (u16, &'static str)> {
     Ok(false)
 }
 
+/// A response, or a publish whose answer waits for the cluster log.
+enum Reply {
+    Now(BytesMut),
+    Stored(Submitted),
+}
+
+impl Reply {
+    /// For requests that are never publishes.
+    fn now(self) -> BytesMut {
+        match self {
+            Reply::Now(out) => out,
+            Reply::Stored(_) => unreachable!("only POST /v1/publish is stored"),
+        }
+    }
+}
+
 /// Answers a non-streaming request.
-fn route(w: &Worker, req: &Request, body: Vec<u8>, keep_alive: bool) -> BytesMut {
+fn route(w: &Worker, req: &Request, body: Vec<u8>, keep_alive: bool) -> Reply {
+    let mut stored = None;
+    let routed = route_inner(w, req, body, &mut stored);
+    match stored {
+        Some(s) => Reply::Stored(s),
+        None => Reply::Now(respond(w, req, routed, keep_alive)),
+    }
+}
+
+/// The `202` of an accepted publish, or its error.
+fn accepted(r: Result<Accepted, PublishError>) -> Routed {
+    match r {
+        Ok(Accepted {
+            rows: accepted,
+            id: seq,
+        }) => {
+            let s = format!(r#"{{"accepted":{accepted},"id":"{seq}"}}"#);
+            Ok((202, "application/json", Bytes::from(s)))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "publish refused");
+            Err(publish_error(&e))
+        }
+    }
+}
+
+/// Encodes a routed answer.
+fn respond(w: &Worker, req: &Request, routed: Routed, keep_alive: bool) -> BytesMut {
     let origin = req.header("origin");
     let cors = &w.settings.cors;
-    let (status, out) = match route_inner(w, req, body) {
+    let (status, out) = match routed {
         Ok((status, ctype, body)) => {
             let extra = if req.method == Method::Options {
                 PREFLIGHT_HEADERS
@@ -365,7 +412,8 @@ Access-Control-Max-Age: 600\r\nAllow: GET, POST, OPTIONS\r\n";
 
 type Routed = Result<(u16, &'static str, Bytes), (u16, &'static str)>;
 
-fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
+/// `stored`: set by a `[cluster]` publish, whose answer comes later.
+fn route_inner(w: &Worker, req: &Request, body: Vec<u8>, stored: &mut Option<Submitted>) -> Routed {
     let path = req.path.as_str();
     if req.method == Method::Options {
         return preflight(w, req);
@@ -373,18 +421,26 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     if path == "/healthz" {
         method(req, Method::Get)?;
         let up = w.hub.workers_up.load(Ordering::Relaxed);
+        let cluster = crate::cluster::link();
         let (status, state) = if w.hub.is_draining() {
             (503, "draining")
-        } else if up < w.settings.workers {
+        } else if up < w.settings.workers || crate::cluster::starting() {
             (503, "starting")
+        } else if cluster.is_some_and(|c| !c.is_connected()) {
+            (200, "degraded")
         } else {
             (200, "ok")
         };
-        let s = format!(
-            r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{}}}"#,
+        let mut s = format!(
+            r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{}"#,
             w.hub.connections.load(Ordering::Relaxed),
             w.hub.streams.load(Ordering::Relaxed)
         );
+        if let Some(c) = cluster {
+            s.push_str(r#","cluster":"#);
+            s.push_str(&c.health_json());
+        }
+        s.push('}');
         return Ok((status, "application/json", Bytes::from(s)));
     }
     if w.hub.is_draining() {
@@ -430,6 +486,7 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     }
     if let Some(topic) = path.strip_prefix("/v1/snapshot/") {
         method(req, Method::Get)?;
+        not_starting()?;
         let principal = authenticate(w, req)?;
         let topic = lookup_topic(w, topic)?;
         allowed(w, &principal, &topic.name)?;
@@ -452,15 +509,15 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
         });
         let format = if ndjson { Format::Ndjson } else { Format::Json };
         let mut body = body;
-        let Accepted {
-            rows: accepted,
-            id: seq,
-        } = accept(&w.hub, &topic, &mut body, format, "http").map_err(|e| {
-            tracing::debug!(error = %e, "publish refused");
-            (400, publish_error_message(&e))
-        })?;
-        let s = format!(r#"{{"accepted":{accepted},"id":"{seq}"}}"#);
-        return Ok((202, "application/json", Bytes::from(s)));
+        return match submit(&w.hub, &topic, &mut body, format, "http", None) {
+            Ok(Submitted::Applied(a)) => accepted(Ok(a)),
+            Ok(s) => {
+                // `route` answers once the log has stored it; this is unused.
+                *stored = Some(s);
+                Ok((202, "application/json", Bytes::new()))
+            }
+            Err(e) => accepted(Err(e)),
+        };
     }
     if path == "/v1/topics" {
         method(req, Method::Get)?;
@@ -645,14 +702,27 @@ fn row_filter(
     Ok(Filter::new(clauses))
 }
 
-fn publish_error_message(e: &crate::sources::publish::PublishError) -> &'static str {
-    use crate::sources::publish::PublishError as P;
+fn publish_error(e: &PublishError) -> (u16, &'static str) {
+    use PublishError as P;
     match e {
-        P::Empty => "body has no rows",
-        P::Json(_) => "body is not valid JSON",
-        P::NotAnObject(_) => "every row must be a JSON object",
-        P::MissingKey(..) => "a row lacks one of the topic's key fields",
-        P::TooManyRows => "too many rows in one publish",
+        P::Empty => (400, "body has no rows"),
+        P::Json(_) => (400, "body is not valid JSON"),
+        P::NotAnObject(_) => (400, "every row must be a JSON object"),
+        P::MissingKey(..) => (400, "a row lacks one of the topic's key fields"),
+        P::TooManyRows => (400, "too many rows in one publish"),
+        P::Unavailable(c) => (503, c.message()),
+    }
+}
+
+/// `503` while a `[cluster]` node rebuilds its state from the stream.
+fn not_starting() -> Result<(), (u16, &'static str)> {
+    if crate::cluster::starting() {
+        Err((
+            503,
+            "node is starting: rebuilding state from the cluster log",
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -757,6 +827,7 @@ async fn stream_sse(
         if w.hub.is_draining() {
             return Err((503, "server is draining"));
         }
+        not_starting()?;
         let target = target?;
         let principal = authenticate(&w, &req)?;
         let topic = lookup_topic(&w, &target.topic)?;
