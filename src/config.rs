@@ -43,6 +43,7 @@ pub const EXAMPLE_SECRETS: &[&str] = &[
     "demo-publisher",
     "demo-admin",
     "demo-public-key-2026",
+    "set-the-same-random-secret-on-every-node",
 ];
 
 /// Shortest `token_secret` that [`Settings::warnings`] does not call

@@ -179,6 +179,7 @@ pub async fn restore(js: &jetstream::Context, cfg: &ClusterSettings, hub: &Hub, 
     match decode(&data) {
         Some((s, b, topics)) if s == seq && b == base => {
             load(hub, &topics);
+            metrics::gauge!("sluice_cluster_snapshot_restored_seq").set(seq as f64);
             tracing::info!(
                 node = %name,
                 seq,
@@ -245,6 +246,7 @@ pub async fn keep(
         match s.put(meta, &mut &data[..]).await {
             Ok(_) => {
                 last = seq;
+                metrics::counter!("sluice_cluster_snapshots_total").increment(1);
                 tracing::debug!(seq, bytes = data.len(), "state snapshot stored");
             }
             Err(e) => tracing::warn!(error = %e, "cannot store the state snapshot"),

@@ -509,7 +509,12 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>, stored: &mut Option<Sub
         });
         let format = if ndjson { Format::Ndjson } else { Format::Json };
         let mut body = body;
-        return match submit(&w.hub, &topic, &mut body, format, "http", None) {
+        // `[cluster]`: a retry with the same key within the stream's
+        // duplicate window is stored once and answered with the same id.
+        let msg_id = req
+            .header("idempotency-key")
+            .map(|k| crate::cluster::msg_id("http", Some(&format!("{}:{k}", topic.name)), "", b""));
+        return match submit(&w.hub, &topic, &mut body, format, "http", msg_id.as_deref()) {
             Ok(Submitted::Applied(a)) => accepted(Ok(a)),
             Ok(s) => {
                 // `route` answers once the log has stored it; this is unused.
