@@ -142,9 +142,32 @@ impl Pending {
         self.0.await.unwrap_or(Err(ClusterError::Stopped))
     }
 
-    /// For a thread outside any async runtime.
+    /// Blocks the calling thread until the answer comes: for a source's own
+    /// thread. (Unlike tokio's `blocking_recv` it does not panic inside an
+    /// async runtime, but it does block that runtime's thread: use
+    /// [`Pending::wait`] there.)
     pub fn wait_blocking(self) -> Result<u64, ClusterError> {
-        self.0.blocking_recv().unwrap_or(Err(ClusterError::Stopped))
+        block_on(self.wait())
+    }
+}
+
+/// Runs a future to completion on the calling thread, parking it between
+/// polls.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }
 
@@ -647,6 +670,17 @@ mod tests {
         }
         assert_eq!(topic_of("S", "T.t.a"), None);
         assert_eq!(topic_of("S", "S.x.a"), None);
+    }
+
+    #[test]
+    fn a_pending_publish_can_be_waited_for_from_another_thread() {
+        let (tx, rx) = oneshot::channel();
+        let t = std::thread::spawn(move || Pending(rx).wait_blocking());
+        tx.send(Ok(7)).unwrap();
+        assert_eq!(t.join().unwrap(), Ok(7));
+        let (tx, rx) = oneshot::channel::<Result<u64, ClusterError>>();
+        drop(tx);
+        assert_eq!(Pending(rx).wait_blocking(), Err(ClusterError::Stopped));
     }
 
     #[test]
