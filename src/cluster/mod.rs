@@ -38,6 +38,12 @@
 //!   publishes get 503, and the ordered consumer resumes after the last
 //!   sequence it delivered, without gap or repeat.
 //!
+//! Metrics: `sluice_cluster_connected` (0/1), `sluice_cluster_applied_seq`
+//! (last stream sequence applied), `sluice_cluster_applied_total`,
+//! `sluice_cluster_skipped_total`, `sluice_cluster_duplicates_total`
+//! (publishes JetStream de-duplicated), `sluice_cluster_snapshots_total`
+//! and `sluice_cluster_snapshot_restored_seq`.
+//!
 //! De-duplication: JetStream drops a message whose `Nats-Msg-Id` it has
 //! stored within the stream's duplicate window ([`DUPLICATE_WINDOW`] for a
 //! stream this node creates) and acks it with the first one's sequence, so
@@ -356,10 +362,12 @@ async fn run(link: Arc<Link>, hub: Arc<Hub>, cfg: ClusterSettings, rx: mpsc::Rec
                 match ev {
                     async_nats::Event::Connected => {
                         link.connected.store(true, Ordering::Release);
+                        metrics::gauge!("sluice_cluster_connected").set(1.0);
                         tracing::info!(node = %link.node, "connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
                         link.connected.store(false, Ordering::Release);
+                        metrics::gauge!("sluice_cluster_connected").set(0.0);
                         tracing::warn!(
                             "lost NATS: open streams go on, publishes get 503 until it is back"
                         );
@@ -601,6 +609,7 @@ async fn apply_loop(
             applied = seq;
             // Relaxed: a gauge; readiness has its own ordering.
             link.applied.store(seq, Ordering::Relaxed);
+            metrics::gauge!("sluice_cluster_applied_seq").set(seq as f64);
             let woken = {
                 let mut p = lock(progress);
                 p.applied = seq;
