@@ -48,7 +48,7 @@ pub fn bucket(stream: &str) -> String {
 pub fn take(hub: &Hub, seq: u64, base: u64) -> Vec<u8> {
     let mut out = format!("{MAGIC} {seq} {base}\n").into_bytes();
     for t in hub.topics() {
-        let (id, rows) = t.state();
+        let (id, rows) = t.table();
         if id == 0 {
             continue; // subscribed to, never published
         }
@@ -319,9 +319,9 @@ mod tests {
         load(&b, &topics);
         for name in ["k/1", "l/1"] {
             let (ta, tb) = (a.topic(name).unwrap(), b.topic(name).unwrap());
-            assert_eq!(ta.state(), tb.state(), "{name}");
+            assert_eq!(ta.table(), tb.table(), "{name}");
         }
-        assert_eq!(b.topic("k/1").unwrap().state().0, 105);
+        assert_eq!(b.topic("k/1").unwrap().table().0, 105);
         // later updates go on from the snapshot
         publish(&b, "k/1", r#"{"id":1,"v":9}"#, 107);
         let json = b.topic("k/1").unwrap().snapshot_json(None);

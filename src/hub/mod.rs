@@ -405,7 +405,7 @@ impl Topic {
 
     /// The last id and the state table's rows (compact JSON, table order),
     /// read under one lock (`cluster::snapshot`).
-    pub fn state(&self) -> (u64, Vec<Bytes>) {
+    pub fn table(&self) -> (u64, Vec<Bytes>) {
         let st = self.lock();
         let rows = self
             .state_rows(&st, None, None)
