@@ -4,7 +4,8 @@
 #   - Debian's chromium (tests/browser.rs drives the demo page in it),
 #   - npm playwright-core, pinned in tests/browser/package-lock.json,
 #   - Debian's prometheus (tests/metrics.rs runs its promtool on /metrics),
-#   - Debian's systemd (tests check the unit with systemd-analyze).
+#   - Debian's systemd (tests check the unit with systemd-analyze),
+#   - Debian's nats-server (tests/cluster.rs and tests/sources.rs run it).
 # Installs with apt-get (as root, or through sudo) only what is missing.
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh --test http).
 set -euo pipefail
@@ -18,6 +19,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive

@@ -22,6 +22,9 @@
 //!   (`SIGHUP`, [`server::reload`]) replaces the settings whole and hands
 //!   each worker the new ones through its inbox.
 //!
+//! * [`cluster`]: with `[cluster]`, publishes go to a NATS JetStream
+//!   stream and every node applies it in order (its own tokio thread).
+//!
 //! * [`bench`]: `sluice bench`, the SSE load generator (its own runtime
 //!   threads; it shares nothing with the server but the crate).
 //!
@@ -52,6 +55,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod fault;
 pub mod hub;

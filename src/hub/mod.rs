@@ -11,6 +11,8 @@
 //! increasing within a run, and across restarts as long as the wall clock
 //! does not step back by more than the downtime, since a new run starts from
 //! the clock. So an id from a previous run never names a different update.
+//! With `[cluster]`, ids come from the JetStream log instead
+//! ([`Hub::publish_with_id`], `cluster`), the same on every node.
 //!
 //! Never touches a socket; never encodes per connection.
 
@@ -269,14 +271,18 @@ impl Topic {
         (st.seq, st.table.len())
     }
 
-    /// Applies one update (k rows). Returns its sequence id, the cadences
-    /// whose rings got a frame (raw, or a keyless frame flushed early), and
-    /// the cadences that became dirty and must be queued for their next tick.
-    fn publish(&self, rows: Vec<Row>) -> (u64, u32, u32) {
+    /// Applies one update (k rows) with the given sequence id (the
+    /// cluster's), or the next one from the clock. Returns its sequence id,
+    /// the cadences whose rings got a frame (raw, or a keyless frame flushed
+    /// early), and the cadences that became dirty and must be queued for
+    /// their next tick.
+    fn publish(&self, rows: Vec<Row>, id: Option<u64>) -> (u64, u32, u32) {
         let rows: Rows = rows.into_iter().map(Arc::new).collect();
         let mut st = self.lock();
         let st = &mut *st;
-        let seq = (st.seq + 1).max(unix_micros());
+        // A given id is above the last one (the cluster log's order); the
+        // max only keeps the ring's order should a caller break that.
+        let seq = (st.seq + 1).max(id.unwrap_or_else(unix_micros));
         st.seq = seq;
         // Coalesced cadences that gather this update.
         let mut gather = 0u32;
@@ -451,6 +457,18 @@ impl Topic {
                 rows.range(..upto).filter(pass).map(|r| &r.json).collect()
             }
         }
+    }
+
+    /// The last id and the state table's rows (compact JSON, table order),
+    /// read under one lock (`cluster::snapshot`).
+    pub fn table(&self) -> (u64, Vec<Bytes>) {
+        let st = self.lock();
+        let rows = self
+            .state_rows(&st, None, None)
+            .into_iter()
+            .cloned()
+            .collect();
+        (st.seq, rows)
     }
 
     /// The `initial_state` JSON body (for `GET /v1/snapshot`).
@@ -787,7 +805,18 @@ impl Hub {
 
     /// Publishes one update of `rows` (k ≥ 1) and returns its sequence id.
     pub fn publish(&self, topic: &Arc<Topic>, rows: Vec<Row>) -> u64 {
-        let (seq, pushed, mut newly_dirty) = topic.publish(rows);
+        self.publish_inner(topic, rows, None)
+    }
+
+    /// Publishes one update with sequence id `id`, which must be above the
+    /// topic's last one (`cluster`: ids come from the JetStream log, the same
+    /// on every node). Returns the id used.
+    pub fn publish_with_id(&self, topic: &Arc<Topic>, rows: Vec<Row>, id: u64) -> u64 {
+        self.publish_inner(topic, rows, Some(id))
+    }
+
+    fn publish_inner(&self, topic: &Arc<Topic>, rows: Vec<Row>, id: Option<u64>) -> u64 {
+        let (seq, pushed, mut newly_dirty) = topic.publish(rows, id);
         while newly_dirty != 0 {
             let c = newly_dirty.trailing_zeros() as usize;
             newly_dirty &= newly_dirty - 1;

@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use monoio::net::TcpListener;
@@ -42,6 +43,8 @@ use crate::sources;
 use runtime::{Driver, Runtime};
 use worker::Worker;
 
+/// How often the main thread looks whether a `[cluster]` node is ready.
+const READY_POLL: Duration = Duration::from_millis(20);
 /// How often a draining worker looks whether it, then every worker, is done.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
@@ -95,6 +98,9 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
     let driver = Driver::from_env();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 
+    if let Some(cluster) = &settings.cluster {
+        crate::cluster::start(cluster, hub.clone()).map_err(ServerError::Thread)?;
+    }
     for source in &settings.sources {
         match source {
             SourceKind::Demo => {
@@ -132,18 +138,20 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
     }
     drop(events_tx);
 
-    // "listening" once every worker accepts.
+    // "listening" once every worker accepts and, with `[cluster]`, the
+    // node has rebuilt its state from the stream (which the main thread
+    // looks at every READY_POLL until then).
     let mut up = 0;
     let mut ended = 0;
+    let mut announced = false;
     while ended < settings.workers {
-        match events.recv() {
-            Ok(WorkerEvent::Up) => {
-                up += 1;
-                if up == settings.workers {
-                    tracing::info!(%addr, workers = settings.workers, "listening on {addr}");
-                    systemd::start(hub.clone()).map_err(ServerError::Thread)?;
-                }
-            }
+        let event = if announced {
+            events.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            events.recv_timeout(READY_POLL)
+        };
+        match event {
+            Ok(WorkerEvent::Up) => up += 1,
             Ok(WorkerEvent::Ended(id)) => {
                 ended += 1;
                 if !hub.is_draining() {
@@ -151,7 +159,13 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
                     return Err(ServerError::WorkerDied(id));
                 }
             }
-            Err(_) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if !announced && up == settings.workers && !crate::cluster::starting() {
+            announced = true;
+            tracing::info!(%addr, workers = settings.workers, "listening on {addr}");
+            systemd::start(hub.clone()).map_err(ServerError::Thread)?;
         }
     }
     drop(signals);

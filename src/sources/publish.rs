@@ -5,6 +5,11 @@
 //!
 //! All or nothing: any invalid row rejects the whole body. Runs once per
 //! publish, never per connection. The demo feed publishes through here too.
+//!
+//! With `[cluster]`, [`submit`] validates the body the same way, then hands
+//! its rows (as one compact JSON array) to the cluster link instead of the
+//! hub: the update is applied, on every node, when it comes back from the
+//! JetStream log with its id ([`crate::cluster`]).
 
 use bytes::Bytes;
 use simd_json::BorrowedValue;
@@ -30,6 +35,9 @@ pub enum PublishError {
     MissingKey(usize, String),
     #[error("too many rows (at most {MAX_ROWS_PER_PUBLISH})")]
     TooManyRows,
+    /// Cluster mode: the JetStream log could not store the update (503).
+    #[error("the cluster log is unavailable: {0}")]
+    Unavailable(crate::cluster::ClusterError),
 }
 
 /// How a publish body lays out its rows.
@@ -53,6 +61,11 @@ pub struct Accepted {
 /// topic's key and filter fields, publish it as one update, count it in
 /// the metrics under `source`. All or nothing: an invalid body publishes
 /// nothing. `body` is simd-json's scratch space.
+///
+/// With `[cluster]` this blocks the calling thread until JetStream has
+/// stored the update (and this node applied it): call it from a source's own
+/// thread, never from a worker or inside an async runtime (use [`submit`] and
+/// [`Submitted::wait`] there).
 pub fn accept(
     hub: &Hub,
     topic: &Arc<Topic>,
@@ -60,6 +73,72 @@ pub fn accept(
     format: Format,
     source: &str,
 ) -> Result<Accepted, PublishError> {
+    submit(hub, topic, body, format, source, None)?.wait_blocking()
+}
+
+/// What [`submit`] did with a valid body.
+pub enum Submitted {
+    /// Without `[cluster]`: applied to the hub, with its id.
+    Applied(Accepted),
+    /// With `[cluster]`: on its way to the JetStream log; the id comes when
+    /// it is stored.
+    Stored {
+        rows: usize,
+        source: Box<str>,
+        pending: crate::cluster::Pending,
+    },
+}
+
+impl Submitted {
+    /// The update's id once it is stored (cluster), or at once.
+    pub async fn wait(self) -> Result<Accepted, PublishError> {
+        match self {
+            Submitted::Applied(a) => Ok(a),
+            Submitted::Stored {
+                rows,
+                source,
+                pending,
+            } => stored(rows, &source, pending.wait().await),
+        }
+    }
+
+    /// [`Submitted::wait`] for a thread outside any async runtime.
+    pub fn wait_blocking(self) -> Result<Accepted, PublishError> {
+        match self {
+            Submitted::Applied(a) => Ok(a),
+            Submitted::Stored {
+                rows,
+                source,
+                pending,
+            } => stored(rows, &source, pending.wait_blocking()),
+        }
+    }
+}
+
+fn stored(
+    rows: usize,
+    source: &str,
+    id: Result<u64, crate::cluster::ClusterError>,
+) -> Result<Accepted, PublishError> {
+    let id = id.map_err(PublishError::Unavailable)?;
+    crate::metrics::published(source, rows);
+    Ok(Accepted { rows, id })
+}
+
+/// [`accept`] without waiting: validates the body, then applies it (one
+/// node) or hands it to the cluster link (`[cluster]`), where `msg_id`
+/// names it for JetStream's de-duplication: two nodes that submit the same
+/// `msg_id` within the stream's duplicate window store it once (upstream
+/// sources pass [`crate::cluster::msg_id`] of the origin's event; `None`: a
+/// random id, for HTTP publishes).
+pub fn submit(
+    hub: &Hub,
+    topic: &Arc<Topic>,
+    body: &mut [u8],
+    format: Format,
+    source: &str,
+    msg_id: Option<&str>,
+) -> Result<Submitted, PublishError> {
     let rows = parse_rows(
         body,
         format == Format::Ndjson,
@@ -67,9 +146,34 @@ pub fn accept(
         &topic.fields,
     )?;
     let n = rows.len();
+    if let Some(link) = crate::cluster::link() {
+        let pending = link
+            .submit(&topic.name, join_rows(&rows), msg_id)
+            .map_err(PublishError::Unavailable)?;
+        return Ok(Submitted::Stored {
+            rows: n,
+            source: source.into(),
+            pending,
+        });
+    }
     let id = hub.publish(topic, rows);
     crate::metrics::published(source, n);
-    Ok(Accepted { rows: n, id })
+    Ok(Submitted::Applied(Accepted { rows: n, id }))
+}
+
+/// The rows as one compact JSON array (what the cluster log stores).
+pub fn join_rows(rows: &[Row]) -> Bytes {
+    let len = rows.iter().map(|r| r.json.len() + 1).sum::<usize>() + 1;
+    let mut out = Vec::with_capacity(len);
+    out.push(b'[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&r.json);
+    }
+    out.push(b']');
+    Bytes::from(out)
 }
 
 /// Parses a body into rows, keeping each row's state-table key and its
@@ -236,6 +340,18 @@ mod tests {
             got,
             ["1:11:q", "1:11:q", "3:1.01:q", "4:true1:q", "4:true1:q"]
         );
+    }
+
+    #[test]
+    fn joined_rows_parse_back_to_the_same_rows() {
+        let k = keys(&["id"]);
+        let mut b = b"{\"id\":1, \"v\":\"a\\nb\"}\n{\"id\":2}".to_vec();
+        let rows = parse_rows(&mut b, true, &k, &[]).unwrap();
+        let joined = join_rows(&rows);
+        assert_eq!(&joined[..], br#"[{"id":1,"v":"a\nb"},{"id":2}]"#);
+        let again = parse_rows(&mut joined.to_vec(), false, &k, &[]).unwrap();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[1].key, rows[1].key);
     }
 
     #[test]

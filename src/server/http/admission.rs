@@ -52,6 +52,7 @@ pub fn admit_stream(
     if ctx.hub.is_draining() {
         return Err(DRAINING);
     }
+    crate::server::http::api::not_starting()?;
     let target = target?;
     let principal = authenticate(ctx, req)?;
     let topic = lookup_topic(ctx, &target.topic)?;

@@ -18,7 +18,7 @@ use crate::server::http::error::{ApiError, DRAINING, ErrorKind};
 use crate::server::http::response::{error_response, head_only, response};
 use crate::server::http::{Context, Method, Request};
 use crate::server::{access, admin};
-use crate::sources::publish::{Accepted, Format, accept};
+use crate::sources::publish::{Accepted, Format, PublishError, Submitted, submit};
 
 /// What a CORS preflight allows.
 const PREFLIGHT_HEADERS: &str = "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n\
@@ -103,11 +103,65 @@ impl<'a> Endpoint<'a> {
     }
 }
 
-/// Answers a non-streaming request with a whole response.
-pub fn route(ctx: &Context, req: &Request, body: Vec<u8>, keep_alive: bool) -> BytesMut {
+/// A response, or a publish whose answer waits for the cluster log.
+pub enum Reply {
+    Now(BytesMut),
+    /// `[cluster]`: the `202` waits until JetStream has stored the update.
+    Stored(Submitted),
+}
+
+/// Answers a non-streaming request with a whole response (or, for a
+/// `[cluster]` publish, with the update on its way to the log).
+pub fn route(ctx: &Context, req: &Request, body: Vec<u8>, keep_alive: bool) -> Reply {
+    match answer(ctx, req, body) {
+        Ok(Answered::Stored(s)) => Reply::Stored(s),
+        Ok(Answered::Now(a)) => Reply::Now(respond(ctx, req, Ok(a), keep_alive)),
+        Err(e) => Reply::Now(respond(ctx, req, Err(e), keep_alive)),
+    }
+}
+
+/// The `202` of a publish the cluster log has stored, or its refusal.
+pub fn stored(
+    ctx: &Context,
+    req: &Request,
+    r: Result<Accepted, PublishError>,
+    keep_alive: bool,
+) -> BytesMut {
+    respond(
+        ctx,
+        req,
+        r.map(accepted).map_err(ApiError::from),
+        keep_alive,
+    )
+}
+
+fn accepted(Accepted { rows, id }: Accepted) -> Answer {
+    let s = format!(r#"{{"accepted":{rows},"id":"{id}"}}"#);
+    (202, "application/json", Bytes::from(s))
+}
+
+/// What a handler made of a request: an answer now, or a stored publish.
+enum Answered {
+    Now(Answer),
+    Stored(Submitted),
+}
+
+impl From<Answer> for Answered {
+    fn from(a: Answer) -> Answered {
+        Answered::Now(a)
+    }
+}
+
+/// Encodes an answer or a refusal as a whole response.
+fn respond(
+    ctx: &Context,
+    req: &Request,
+    answer: Result<Answer, ApiError>,
+    keep_alive: bool,
+) -> BytesMut {
     let origin = req.header("origin");
     let cors = &ctx.settings.cors;
-    let out = match answer(ctx, req, body) {
+    let out = match answer {
         Ok((status, ctype, body)) => {
             let extra = if req.method == Method::Options {
                 PREFLIGHT_HEADERS
@@ -130,7 +184,7 @@ pub fn route(ctx: &Context, req: &Request, body: Vec<u8>, keep_alive: bool) -> B
     }
 }
 
-fn answer(ctx: &Context, req: &Request, body: Vec<u8>) -> Result<Answer, ApiError> {
+fn answer(ctx: &Context, req: &Request, body: Vec<u8>) -> Result<Answered, ApiError> {
     if !admin::serves(&ctx.settings, ctx.admin, &req.path) {
         return Err(ApiError::not_found("no such endpoint"));
     }
@@ -147,14 +201,14 @@ fn answer(ctx: &Context, req: &Request, body: Vec<u8>) -> Result<Answer, ApiErro
         return Err(DRAINING);
     }
     match endpoint {
-        Endpoint::Preflight => preflight(ctx, req),
-        Endpoint::Healthz => Ok(healthz(ctx)),
-        Endpoint::Metrics => Ok(metrics_text(ctx)),
-        Endpoint::Index => Ok(index(ctx, req)),
-        Endpoint::Snapshot(topic) => snapshot(ctx, req, topic),
-        Endpoint::StreamToken => stream_token(ctx, req, body),
+        Endpoint::Preflight => preflight(ctx, req).map(Answered::from),
+        Endpoint::Healthz => Ok(healthz(ctx).into()),
+        Endpoint::Metrics => Ok(metrics_text(ctx).into()),
+        Endpoint::Index => Ok(index(ctx, req).into()),
+        Endpoint::Snapshot(topic) => snapshot(ctx, req, topic).map(Answered::from),
+        Endpoint::StreamToken => stream_token(ctx, req, body).map(Answered::from),
         Endpoint::Publish(topic) => publish(ctx, req, topic, body),
-        Endpoint::Topics => topics(ctx, req),
+        Endpoint::Topics => topics(ctx, req).map(Answered::from),
         Endpoint::InjectedPanic => panic!("injected fault (SLUICE_TEST_PANIC=request)"),
         Endpoint::InjectedStall => crate::fault::stall_forever(),
         Endpoint::NotFound => Err(ApiError::not_found("no such endpoint")),
@@ -175,23 +229,31 @@ fn preflight(ctx: &Context, req: &Request) -> Result<Answer, ApiError> {
 fn healthz(ctx: &Context) -> Answer {
     let hub = &ctx.hub;
     let up = hub.workers_up.load(Ordering::Relaxed);
+    let cluster = crate::cluster::link();
     let (status, state) = if hub.is_draining() {
         (503, "draining")
-    } else if up < ctx.settings.workers {
+    } else if up < ctx.settings.workers || crate::cluster::starting() {
         (503, "starting")
     } else if hub
         .stalled_worker(crate::time::mono_ms(), crate::server::WORKER_STALL_MS)
         .is_some()
     {
         (503, "stalled")
+    } else if cluster.is_some_and(|c| !c.is_connected()) {
+        (200, "degraded")
     } else {
         (200, "ok")
     };
-    let s = format!(
-        r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{}}}"#,
+    let mut s = format!(
+        r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{}"#,
         hub.connections.load(Ordering::Relaxed),
         hub.streams.load(Ordering::Relaxed)
     );
+    if let Some(c) = cluster {
+        s.push_str(r#","cluster":"#);
+        s.push_str(&c.health_json());
+    }
+    s.push('}');
     (status, "application/json", Bytes::from(s))
 }
 
@@ -236,6 +298,7 @@ fn index(ctx: &Context, req: &Request) -> Answer {
 
 /// `GET /v1/snapshot/{topic}`: the initial state as JSON, filtered.
 fn snapshot(ctx: &Context, req: &Request, topic: &str) -> Result<Answer, ApiError> {
+    not_starting()?;
     let principal = authenticate(ctx, req)?;
     let topic = lookup_topic(ctx, topic)?;
     authorize(ctx, &principal, &topic.name)?;
@@ -247,20 +310,44 @@ fn snapshot(ctx: &Context, req: &Request, topic: &str) -> Result<Answer, ApiErro
     ))
 }
 
-/// `POST /v1/publish/{topic}`: through the one publish entry point.
-fn publish(ctx: &Context, req: &Request, topic: &str, body: Vec<u8>) -> Result<Answer, ApiError> {
+/// `POST /v1/publish/{topic}`: through the one publish entry point. With
+/// `[cluster]` the update goes to the log first and is answered once
+/// stored; a retry with the same `Idempotency-Key` within the stream's
+/// duplicate window is stored once and answered with the same id.
+fn publish(ctx: &Context, req: &Request, topic: &str, body: Vec<u8>) -> Result<Answered, ApiError> {
     let topic = publish_target(ctx, req, topic)?;
     let ndjson = req.header("content-type").is_some_and(|c| {
         c.starts_with("application/x-ndjson") || c.starts_with("application/ndjson")
     });
     let format = if ndjson { Format::Ndjson } else { Format::Json };
     let mut body = body;
-    let Accepted { rows, id } =
-        accept(&ctx.hub, &topic, &mut body, format, "http").inspect_err(|e| {
-            tracing::debug!(error = %e, "publish refused");
-        })?;
-    let s = format!(r#"{{"accepted":{rows},"id":"{id}"}}"#);
-    Ok((202, "application/json", Bytes::from(s)))
+    let msg_id = req
+        .header("idempotency-key")
+        .map(|k| crate::cluster::msg_id("http", Some(&format!("{}:{k}", topic.name)), "", b""));
+    let submitted = submit(
+        &ctx.hub,
+        &topic,
+        &mut body,
+        format,
+        "http",
+        msg_id.as_deref(),
+    )
+    .inspect_err(|e| tracing::debug!(error = %e, "publish refused"))?;
+    Ok(match submitted {
+        Submitted::Applied(a) => Answered::Now(accepted(a)),
+        stored => Answered::Stored(stored),
+    })
+}
+
+/// `503` while a `[cluster]` node rebuilds its state from the stream.
+pub fn not_starting() -> Result<(), ApiError> {
+    if crate::cluster::starting() {
+        Err(ApiError::unavailable(
+            "node is starting: rebuilding state from the cluster log",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// `POST /v1/stream/token`: any API key; an optional `{"topic":T}` scopes it.

@@ -18,7 +18,7 @@ use monoio::net::TcpStream;
 use crate::metrics;
 use crate::server::access;
 use crate::server::http::admission::{Admitted, admit_post, admit_stream, stream_target};
-use crate::server::http::api::route;
+use crate::server::http::api::{Reply, route, stored};
 use crate::server::http::chunked::{ChunkedDecoder, Progress};
 use crate::server::http::error::{ApiError, ErrorKind};
 use crate::server::http::parse::{self, MAX_HEAD_BYTES};
@@ -142,8 +142,9 @@ pub async fn serve(
                 Ok(false) => {
                     // Not an endpoint that takes a body: answer (404 or 405)
                     // without reading it, and close.
-                    let out = route(&ctx, &req, Vec::new(), false);
-                    let _ = stream.write_all(out.freeze()).await;
+                    if let Reply::Now(out) = route(&ctx, &req, Vec::new(), false) {
+                        let _ = stream.write_all(out.freeze()).await;
+                    }
                     close_gracefully(&mut stream).await;
                     return;
                 }
@@ -169,7 +170,11 @@ pub async fn serve(
             buf.drain(..req.head_len);
             Vec::new()
         };
-        let out = route(&ctx, &req, body, keep_alive);
+        let out = match route(&ctx, &req, body, keep_alive) {
+            Reply::Now(out) => out,
+            // `[cluster]`: the 202 waits for JetStream to store the update.
+            Reply::Stored(s) => stored(&ctx, &req, s.wait().await, keep_alive),
+        };
         if stream.write_all(out.freeze()).await.0.is_err() || !keep_alive {
             return;
         }

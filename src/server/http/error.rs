@@ -142,13 +142,19 @@ impl From<FilterError> for ApiError {
 
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> ApiError {
-        ApiError::bad_request(match e {
-            PublishError::Empty => "body has no rows",
-            PublishError::Json(_) => "body is not valid JSON",
-            PublishError::NotAnObject(_) => "every row must be a JSON object",
-            PublishError::MissingKey(..) => "a row lacks one of the topic's key fields",
-            PublishError::TooManyRows => "too many rows in one publish",
-        })
+        match e {
+            PublishError::Empty => ApiError::bad_request("body has no rows"),
+            PublishError::Json(_) => ApiError::bad_request("body is not valid JSON"),
+            PublishError::NotAnObject(_) => {
+                ApiError::bad_request("every row must be a JSON object")
+            }
+            PublishError::MissingKey(..) => {
+                ApiError::bad_request("a row lacks one of the topic's key fields")
+            }
+            PublishError::TooManyRows => ApiError::bad_request("too many rows in one publish"),
+            // `[cluster]`: the log could not store it (NATS lost).
+            PublishError::Unavailable(c) => ApiError::unavailable(c.message()),
+        }
     }
 }
 
