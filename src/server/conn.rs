@@ -407,10 +407,7 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
         method(req, Method::Get)?;
         // The page streams the demo topics with the demo keys: a config
         // without the demo feed gets the plain index, browsers included.
-        let demo = w
-            .settings
-            .sources
-            .contains(&crate::config::SourceKind::Demo);
+        let demo = w.settings.has_source(crate::config::SourceKind::Demo);
         let html = req
             .header("accept")
             .is_some_and(|a| a.contains("text/html"));

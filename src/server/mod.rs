@@ -161,12 +161,8 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     let driver = DriverChoice::from_env();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 
-    for source in &settings.sources {
-        match source {
-            SourceKind::Demo => {
-                sources::demo::spawn(hub.clone()).map_err(ServerError::Thread)?;
-            }
-        }
+    if settings.has_source(SourceKind::Demo) {
+        sources::demo::spawn(hub.clone()).map_err(ServerError::Thread)?;
     }
     crate::hub::coalesce::spawn(hub.clone()).map_err(ServerError::Thread)?;
     let signals = spawn_signal_thread(hub.clone())?;
