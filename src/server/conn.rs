@@ -373,15 +373,19 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     if path == "/healthz" {
         method(req, Method::Get)?;
         let up = w.hub.workers_up.load(Ordering::Relaxed);
+        // SPEC §7: a source that is not up degrades the node (still 200).
+        let (sources, sources_up) = crate::sources::health::registry().healthz();
         let (status, state) = if w.hub.is_draining() {
             (503, "draining")
         } else if up < w.settings.workers {
             (503, "starting")
+        } else if !sources_up {
+            (200, "degraded")
         } else {
             (200, "ok")
         };
         let s = format!(
-            r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{}}}"#,
+            r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{},"sources":{sources}}}"#,
             w.hub.connections.load(Ordering::Relaxed),
             w.hub.streams.load(Ordering::Relaxed)
         );
@@ -397,6 +401,7 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
             w.hub.streams.load(Ordering::Relaxed),
             w.hub.topics().len(),
         );
+        crate::sources::health::registry().set_gauges();
         return Ok((
             200,
             "text/plain; version=0.0.4",

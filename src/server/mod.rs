@@ -32,7 +32,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Keys;
-use crate::config::{Settings, SourceKind};
+use crate::config::Settings;
 use crate::hub::Hub;
 use crate::sources;
 use worker::Worker;
@@ -161,9 +161,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     let driver = DriverChoice::from_env();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 
-    if settings.has_source(SourceKind::Demo) {
-        sources::demo::spawn(hub.clone()).map_err(ServerError::Thread)?;
-    }
+    sources::start(&hub).map_err(ServerError::Thread)?;
     crate::hub::coalesce::spawn(hub.clone()).map_err(ServerError::Thread)?;
     let signals = spawn_signal_thread(hub.clone())?;
     // Each worker says when it ends. One that ends while the node is not
