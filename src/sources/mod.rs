@@ -6,7 +6,8 @@
 //! * [`demo`]: the built-in simulated feed (its own thread);
 //! * upstream sources ([`upstream`]), kept connected to an origin on one
 //!   thread, `sluice-sources`, off the workers: [`sse`] (an origin's
-//!   `text/event-stream`, parsed by [`event_stream`]); each maps its messages to rows and topics ([`mapping`]),
+//!   `text/event-stream`, parsed by [`event_stream`]) and [`websocket`];
+//!   each maps its messages to rows and topics ([`mapping`]),
 //!   reconnects with full-jitter [`backoff`], and reports its [`health`].
 //!
 //! Nothing here runs on the per-connection path, and a source that is down
@@ -20,6 +21,7 @@ pub mod mapping;
 pub mod publish;
 pub mod sse;
 pub mod upstream;
+pub mod websocket;
 
 use std::sync::Arc;
 

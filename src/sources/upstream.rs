@@ -40,6 +40,8 @@ pub enum SourceError {
     Snapshot(Box<SourceError>),
     #[error("snapshot is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("{0}")]
+    WebSocket(String),
     #[error("the origin closed the connection")]
     Closed,
 }
@@ -191,7 +193,8 @@ pub fn spawn(hub: Arc<Hub>, sources: Vec<Source>) -> std::io::Result<()> {
                     );
                     match ctx.source.kind {
                         SourceKind::Sse => set.spawn(crate::sources::sse::run(ctx)),
-                        SourceKind::WebSocket | SourceKind::Nats | SourceKind::Demo => continue,
+                        SourceKind::WebSocket => set.spawn(crate::sources::websocket::run(ctx)),
+                        SourceKind::Nats | SourceKind::Demo => continue,
                     };
                 }
                 while set.join_next().await.is_some() {}
