@@ -6,8 +6,8 @@
 //! * [`demo`]: the built-in simulated feed (its own thread);
 //! * upstream sources ([`upstream`]), kept connected to an origin on one
 //!   thread, `sluice-sources`, off the workers: [`sse`] (an origin's
-//!   `text/event-stream`, parsed by [`event_stream`]) and [`websocket`];
-//!   each maps its messages to rows and topics ([`mapping`]),
+//!   `text/event-stream`, parsed by [`event_stream`]), [`websocket`] and
+//!   [`nats`]; each maps its messages to rows and topics ([`mapping`]),
 //!   reconnects with full-jitter [`backoff`], and reports its [`health`].
 //!
 //! Nothing here runs on the per-connection path, and a source that is down
@@ -18,6 +18,7 @@ pub mod demo;
 pub mod event_stream;
 pub mod health;
 pub mod mapping;
+pub mod nats;
 pub mod publish;
 pub mod sse;
 pub mod upstream;

@@ -194,7 +194,8 @@ pub fn spawn(hub: Arc<Hub>, sources: Vec<Source>) -> std::io::Result<()> {
                     match ctx.source.kind {
                         SourceKind::Sse => set.spawn(crate::sources::sse::run(ctx)),
                         SourceKind::WebSocket => set.spawn(crate::sources::websocket::run(ctx)),
-                        SourceKind::Nats | SourceKind::Demo => continue,
+                        SourceKind::Nats => set.spawn(crate::sources::nats::run(ctx)),
+                        SourceKind::Demo => continue,
                     };
                 }
                 while set.join_next().await.is_some() {}
