@@ -72,6 +72,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub config_path: PathBuf,
     stderr: mpsc::Receiver<String>,
+    /// Lines logged before "listening", until `logs()` hands them out.
+    early: std::sync::Mutex<Vec<String>>,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -98,6 +100,20 @@ impl Server {
         Server::spawn(cmd, config_path, driver)
     }
 
+    /// Starts sluice with extra environment variables (they win over the
+    /// harness's own, e.g. `SLUICE_LOG`).
+    pub fn start_env(config: &str, driver: Driver, env: &[(&str, &str)]) -> Server {
+        let path = temp_path("sluice.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(&path);
+        cmd.env("SLUICE_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Server::spawn(cmd, path, driver)
+    }
+
     /// Starts sluice with its file descriptor limit lowered to `nofile`.
     pub fn start_with_fd_limit(config: &str, nofile: u32) -> Server {
         let path = temp_path("sluice.toml");
@@ -113,9 +129,10 @@ impl Server {
     }
 
     fn spawn(mut cmd: Command, config_path: PathBuf, driver: Driver) -> Server {
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("SLUICE_LOG", "info");
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        if cmd.get_envs().all(|(k, _)| k != "SLUICE_LOG") {
+            cmd.env("SLUICE_LOG", "info");
+        }
         if driver == Driver::Epoll {
             cmd.env("SLUICE_DRIVER", "epoll");
         }
@@ -131,6 +148,7 @@ impl Server {
             }
         });
         let deadline = Instant::now() + WAIT;
+        let mut early = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
@@ -140,12 +158,14 @@ impl Server {
                 let a = rest.split_whitespace().next().expect("addr");
                 break a.parse().expect("listen addr");
             }
+            early.push(line);
         };
         Server {
             child,
             addr,
             config_path,
             stderr: rx,
+            early: std::sync::Mutex::new(early),
         }
     }
 
@@ -195,7 +215,9 @@ impl Server {
 
     /// The stderr lines logged so far.
     pub fn logs(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
+        let mut out = std::mem::take(&mut *self.early.lock().unwrap());
+        out.extend(self.stderr.try_iter());
+        out
     }
 
     pub fn publish(&self, topic: &str, body: &str) -> String {
