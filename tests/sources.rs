@@ -520,6 +520,11 @@ fn websocket_source_subscribes_after_each_connect_answers_pings_and_reconnects()
                     let _ = ws.send(Message::text(row(1)));
                     let _ = ws.send(Message::text("garbage"));
                     let _ = ws.send(Message::binary(vec![1u8, 2, 3]));
+                    // over the edge's max_body_bytes: dropped, not fatal
+                    let _ = ws.send(Message::text(format!(
+                        r#"{{"id":"big","sym":"s","seq":99,"pad":"{}"}}"#,
+                        "x".repeat(2000)
+                    )));
                     let _ = ws.send(Message::text(format!("[{},{}]", row(2), row(3))));
                     let _ = ws.send(Message::Ping(b"p".to_vec().into()));
                     // the edge answers the ping
@@ -552,7 +557,7 @@ fn websocket_source_subscribes_after_each_connect_answers_pings_and_reconnects()
         });
         let edge = Server::start_env(
             &config(
-                "",
+                "max_body_bytes = 1024",
                 &format!(
                     r#"[[sources]]
 name = "ws"
@@ -595,7 +600,7 @@ backoff_max_ms = 100
         let m = metrics(&edge);
         assert_eq!(
             source_metric(&m, "sluice_source_messages_dropped_total", "ws"),
-            2.0
+            3.0
         );
         assert_eq!(source_metric(&m, "sluice_source_rows_total", "ws"), 5.0);
         assert_no_secret(&edge);

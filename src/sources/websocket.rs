@@ -3,7 +3,8 @@
 //!
 //! Each connection: the handshake with the configured headers, the
 //! `subscribe` text message if any, `snapshot_url`'s rows, then every text
-//! message is mapped ([`Mapper`]); binary messages are dropped and counted.
+//! message is mapped ([`Mapper`]); binary messages, and text messages over
+//! `max_body_bytes`, are dropped and counted.
 //! Pings from the origin are answered (tungstenite queues the pong, sent
 //! on the next read); the source pings the origin after a third of
 //! `idle_timeout_s` without a frame, so that a quiet but alive origin is
@@ -24,6 +25,10 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::sources::backoff::Backoff;
 use crate::sources::health::State;
 use crate::sources::upstream::{Ctx, SourceError, log_end};
+
+/// Largest WebSocket message read at all (or `max_body_bytes`, when that
+/// is larger); one past it is a protocol error that ends the connection.
+pub const MAX_WS_MESSAGE_BYTES: usize = 16 << 20;
 
 /// Runs the source until the node drains.
 pub async fn run(mut ctx: Ctx) {
@@ -72,7 +77,9 @@ async fn connect(ctx: &mut Ctx, delivered: &mut bool) -> Result<(), SourceError>
     for (k, v) in ctx.headers() {
         request.headers_mut().insert(k, v);
     }
-    let max = ctx.hub.settings().max_body_bytes;
+    // A message over max_body_bytes is dropped and counted by the mapper;
+    // only one past this hard cap ends the connection.
+    let max = MAX_WS_MESSAGE_BYTES.max(ctx.hub.settings().max_body_bytes);
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
