@@ -9,8 +9,10 @@
 //!              sequence ids        writer, N readers        subscribers, writev
 //! ```
 //!
-//! * [`sources`]: `POST /v1/publish` bodies and the demo feed, parsed once
-//!   (simd-json) into rows that keep their compact JSON bytes.
+//! * [`sources`]: `POST /v1/publish` bodies, the demo feed, and upstream
+//!   origins (SSE, WebSocket, NATS, on their own `sluice-sources` thread),
+//!   all through one entry point, parsed once (simd-json) into rows that
+//!   keep their compact JSON bytes.
 //! * [`hub`]: per topic, the state table, sequence ids, and the broadcast
 //!   [`hub::ring`] whose frames are encoded once ([`sse`]).
 //! * [`server`]: the node. [`server::listener`] accepts (limits in

@@ -257,6 +257,17 @@ fn default_snapshot_s() -> Spanned<u32> {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     kind: Spanned<String>,
+    name: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    headers: Option<Spanned<BTreeMap<String, String>>>,
+    events: Option<Spanned<Vec<String>>>,
+    subscribe: Option<Spanned<String>>,
+    subjects: Option<Spanned<Vec<String>>>,
+    topic: Option<Spanned<String>>,
+    rows: Option<Spanned<String>>,
+    snapshot_url: Option<Spanned<String>>,
+    idle_timeout_s: Option<Spanned<u32>>,
+    backoff_max_ms: Option<Spanned<u32>>,
 }
 
 // ---------------------------------------------------------------- validated
@@ -456,7 +467,146 @@ pub fn parse_template(s: &str) -> Option<Vec<Part>> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
+    /// The built-in simulated feed.
     Demo,
+    /// An origin's `text/event-stream`.
+    Sse,
+    /// JSON text messages over a WebSocket.
+    WebSocket,
+    /// Core NATS subjects.
+    Nats,
+}
+
+impl SourceKind {
+    /// The name the config, `/healthz` and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Demo => "demo",
+            SourceKind::Sse => "sse",
+            SourceKind::WebSocket => "websocket",
+            SourceKind::Nats => "nats",
+        }
+    }
+}
+
+/// A value that may hold a credential (a header value or URL after `${VAR}`
+/// expansion): its `Debug` prints `***`, and it has no `Display`, so it
+/// reaches a log line, an error body or a metric label only through an
+/// explicit [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    /// The value itself, for the request that carries it and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Default `idle_timeout_s` of a source.
+pub const DEFAULT_IDLE_TIMEOUT_S: u32 = 30;
+/// Default `backoff_max_ms` of a source.
+pub const DEFAULT_BACKOFF_MAX_MS: u32 = 30_000;
+/// Smallest `backoff_max_ms` (a source never reconnects in a tight loop).
+pub const MIN_BACKOFF_MAX_MS: u32 = 10;
+/// Largest `backoff_max_ms` (one day).
+pub const MAX_BACKOFF_MAX_MS: u32 = 86_400_000;
+/// Largest `idle_timeout_s` (one day).
+pub const MAX_IDLE_TIMEOUT_S: u32 = 86_400;
+/// Longest source name (it is a metric label and a log field).
+pub const MAX_SOURCE_NAME_BYTES: usize = 64;
+
+/// One `[[sources]]` entry, validated (SPEC §7). `${VAR}`s in `url`,
+/// `snapshot_url` and `headers` are already expanded from the environment,
+/// which is why those are [`Secret`]s: log them with
+/// [`Source::display_url`], never whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Unique; `/healthz`, metric labels and logs show it.
+    pub name: String,
+    pub kind: SourceKind,
+    /// Empty for the demo.
+    pub url: Secret,
+    /// Header name → value (sse, websocket).
+    pub headers: Vec<(String, Secret)>,
+    /// sse: the event types taken (empty: all).
+    pub events: Vec<String>,
+    /// websocket: the text message sent after every connect.
+    pub subscribe: Option<String>,
+    /// nats: the subjects subscribed to.
+    pub subjects: Vec<String>,
+    /// The topic template (`{field}` over row fields; nats also `{subject}`).
+    pub topic: Vec<Part>,
+    /// JSON pointer to a message's rows (`""`: the message itself).
+    pub rows: String,
+    pub snapshot_url: Option<Secret>,
+    pub idle_timeout_s: u32,
+    pub backoff_max_ms: u32,
+}
+
+impl Source {
+    /// `url` without what may carry a credential (user info, query,
+    /// fragment): scheme, host, port and path, for logs.
+    pub fn display_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+}
+
+/// A URL for a log line: scheme, host, port and path only. Anything that
+/// does not parse as a URL shows as `<url>`.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let mut out = format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""));
+            if let Some(p) = u.port() {
+                out.push_str(&format!(":{p}"));
+            }
+            out.push_str(u.path());
+            out
+        }
+        Err(_) => "<url>".into(),
+    }
+}
+
+/// Expands `${VAR}` from `lookup` (the environment). `Err` is the message
+/// for the config error: it names a missing variable, never a value.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed '${' (write ${NAME})".to_string())?;
+        let name = &after[..end];
+        let valid = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(
+                "'${...}' must name an environment variable ([A-Za-z_][A-Za-z0-9_]*)".into(),
+            );
+        }
+        let value =
+            lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// `[cluster]` (SPEC §8): the nodes share one JetStream stream.
@@ -526,7 +676,7 @@ pub struct Settings {
     pub keys: Vec<Key>,
     pub topics: Vec<TopicRule>,
     pub routes: Vec<Route>,
-    pub sources: Vec<SourceKind>,
+    pub sources: Vec<Source>,
     /// `[cluster]`: `None` keeps the node on its own, in memory.
     pub cluster: Option<ClusterSettings>,
 }
@@ -614,9 +764,18 @@ impl Settings {
 
     /// Parses and validates a configuration file's text.
     pub fn from_toml(src: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml_env(src, &|name: &str| std::env::var(name).ok())
+    }
+
+    /// [`Settings::from_toml`] with `${VAR}`s of `[[sources]]` looked up in
+    /// `env` instead of the process environment.
+    pub fn from_toml_env(
+        src: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         let raw: RawConfig = toml::from_str(src)
             .map_err(|e| ConfigError::at(src, e.span(), e.message().to_string()))?;
-        validate(src, raw)
+        validate(src, raw, env)
     }
 
     /// What `check-config` and `serve --config` warn about: secrets that
@@ -659,7 +818,7 @@ impl Settings {
                 ));
             }
         }
-        if self.sources.contains(&SourceKind::Demo) {
+        if self.has_source(SourceKind::Demo) {
             out.push(
                 "[[sources]] kind = \"demo\" publishes simulated odds and ticker rows: \
                  remove it in production"
@@ -669,13 +828,22 @@ impl Settings {
         out
     }
 
+    /// True when some `[[sources]]` entry is of this kind.
+    pub fn has_source(&self, kind: SourceKind) -> bool {
+        self.sources.iter().any(|s| s.kind == kind)
+    }
+
     /// The first `[[topics]]` rule whose pattern matches `topic`.
     pub fn topic_rule(&self, topic: &str) -> Option<&TopicRule> {
         self.topics.iter().find(|r| r.pattern.matches(topic))
     }
 }
 
-fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
+fn validate(
+    src: &str,
+    raw: RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
     let err = |span: Range<usize>, msg: String| ConfigError::at(src, Some(span), msg);
     let s = raw.server;
 
@@ -950,17 +1118,17 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         });
     }
 
-    let mut sources = Vec::with_capacity(raw.sources.len());
+    let mut sources: Vec<Source> = Vec::with_capacity(raw.sources.len());
     for so in raw.sources {
-        match so.kind.get_ref().as_str() {
-            "demo" => sources.push(SourceKind::Demo),
-            other => {
-                return Err(err(
-                    so.kind.span(),
-                    format!("unknown source kind '{other}' (this build has: demo)"),
-                ));
-            }
+        let name_span = so.name.as_ref().map_or(so.kind.span(), |n| n.span());
+        let source = validate_source(src, so, &topics, env)?;
+        if sources.iter().any(|b| b.name == source.name) {
+            return Err(err(
+                name_span,
+                format!("duplicate source name '{}'", source.name),
+            ));
         }
+        sources.push(source);
     }
 
     let cluster = match raw.cluster {
@@ -999,6 +1167,292 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         routes,
         sources,
         cluster,
+    })
+}
+
+/// One `[[sources]]` entry: the keys its kind takes, URL schemes, the
+/// topic template, and `${VAR}` expansion through `env`.
+fn validate_source(
+    src: &str,
+    so: RawSource,
+    topics: &[TopicRule],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Source, ConfigError> {
+    let err = |span: Range<usize>, msg: String| ConfigError::at(src, Some(span), msg);
+    let kind = match so.kind.get_ref().as_str() {
+        "demo" => SourceKind::Demo,
+        "sse" => SourceKind::Sse,
+        "websocket" => SourceKind::WebSocket,
+        "nats" => SourceKind::Nats,
+        other => {
+            return Err(err(
+                so.kind.span(),
+                format!("unknown source kind '{other}' (demo, sse, websocket or nats)"),
+            ));
+        }
+    };
+    let k = kind.as_str();
+    // Keys a kind does not take are errors, like unknown keys.
+    let not_for = |present: Option<Range<usize>>, key: &str, ok: &[SourceKind]| match present {
+        Some(span) if !ok.contains(&kind) => {
+            Err(err(span, format!("'{key}' does not apply to a {k} source")))
+        }
+        _ => Ok(()),
+    };
+    use SourceKind::{Demo, Nats, Sse, WebSocket};
+    let upstream = [Sse, WebSocket, Nats];
+    not_for(so.url.as_ref().map(|v| v.span()), "url", &upstream)?;
+    not_for(
+        so.headers.as_ref().map(|v| v.span()),
+        "headers",
+        &[Sse, WebSocket],
+    )?;
+    not_for(so.events.as_ref().map(|v| v.span()), "events", &[Sse])?;
+    not_for(
+        so.subscribe.as_ref().map(|v| v.span()),
+        "subscribe",
+        &[WebSocket],
+    )?;
+    not_for(so.subjects.as_ref().map(|v| v.span()), "subjects", &[Nats])?;
+    not_for(so.topic.as_ref().map(|v| v.span()), "topic", &upstream)?;
+    not_for(so.rows.as_ref().map(|v| v.span()), "rows", &upstream)?;
+    not_for(
+        so.snapshot_url.as_ref().map(|v| v.span()),
+        "snapshot_url",
+        &upstream,
+    )?;
+    not_for(
+        so.idle_timeout_s.as_ref().map(|v| v.span()),
+        "idle_timeout_s",
+        &upstream,
+    )?;
+    not_for(
+        so.backoff_max_ms.as_ref().map(|v| v.span()),
+        "backoff_max_ms",
+        &upstream,
+    )?;
+
+    let name = match &so.name {
+        Some(n) => {
+            let v = n.get_ref();
+            if v.is_empty()
+                || v.len() > MAX_SOURCE_NAME_BYTES
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            {
+                return Err(err(
+                    n.span(),
+                    format!("source name must be 1..{MAX_SOURCE_NAME_BYTES} of [A-Za-z0-9_.-]"),
+                ));
+            }
+            v.clone()
+        }
+        None if kind == Demo => "demo".into(),
+        None => {
+            return Err(err(
+                so.kind.span(),
+                format!("a {k} source needs a name (unique; shown in /healthz and metrics)"),
+            ));
+        }
+    };
+    if kind == Demo {
+        return Ok(Source {
+            name,
+            kind,
+            url: Secret::default(),
+            headers: Vec::new(),
+            events: Vec::new(),
+            subscribe: None,
+            subjects: Vec::new(),
+            topic: Vec::new(),
+            rows: String::new(),
+            snapshot_url: None,
+            idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
+            backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+        });
+    }
+
+    // A URL after `${VAR}` expansion, with one of the kind's schemes. The
+    // messages name the key and the schemes, never the expanded text.
+    let check_url = |raw: &Spanned<String>, key: &str, schemes: &[&str]| {
+        let text =
+            expand_env(raw.get_ref(), env).map_err(|m| err(raw.span(), format!("{key}: {m}")))?;
+        let ok = reqwest::Url::parse(&text).ok().is_some_and(|u| {
+            schemes.contains(&u.scheme()) && u.host_str().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
+            return Err(err(
+                raw.span(),
+                format!("{key} must be an absolute {} URL", schemes.join(" or ")),
+            ));
+        }
+        Ok(Secret::new(text))
+    };
+    let Some(raw_url) = &so.url else {
+        return Err(err(so.kind.span(), format!("a {k} source needs a url")));
+    };
+    let url = match kind {
+        Sse => check_url(raw_url, "url", &["http", "https"])?,
+        WebSocket => check_url(raw_url, "url", &["ws", "wss"])?,
+        _ => check_url(raw_url, "url", &["nats", "tls"])?,
+    };
+    let snapshot_url = match &so.snapshot_url {
+        Some(u) => Some(check_url(u, "snapshot_url", &["http", "https"])?),
+        None => None,
+    };
+
+    let mut headers = Vec::new();
+    if let Some(h) = &so.headers {
+        for (hname, value) in h.get_ref() {
+            if hname.is_empty()
+                || !hname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                return Err(err(
+                    h.span(),
+                    format!("headers: '{hname}' is not a header name"),
+                ));
+            }
+            let value = expand_env(value, env)
+                .map_err(|m| err(h.span(), format!("headers.{hname}: {m}")))?;
+            if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(err(
+                    h.span(),
+                    format!("headers.{hname}: the value holds a control character"),
+                ));
+            }
+            headers.push((hname.clone(), Secret::new(value)));
+        }
+    }
+
+    let events = match &so.events {
+        Some(e) => {
+            if e.get_ref()
+                .iter()
+                .any(|ev| ev.is_empty() || ev.bytes().any(|b| b == b'\r' || b == b'\n'))
+            {
+                return Err(err(
+                    e.span(),
+                    "events: names must be non-empty single lines".into(),
+                ));
+            }
+            e.get_ref().clone()
+        }
+        None => Vec::new(),
+    };
+    let subscribe = so.subscribe.as_ref().map(|s| s.get_ref().clone());
+    let subjects = match (&so.subjects, kind) {
+        (Some(list), Nats) => {
+            let bad = list.get_ref().is_empty()
+                || list.get_ref().iter().any(|s| {
+                    s.is_empty()
+                        || s.starts_with('.')
+                        || s.ends_with('.')
+                        || s.contains("..")
+                        || s.bytes()
+                            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                });
+            if bad {
+                return Err(err(
+                    list.span(),
+                    "subjects: at least one NATS subject (tokens joined by '.', '*' and '>' wildcards)"
+                        .into(),
+                ));
+            }
+            list.get_ref().clone()
+        }
+        (None, Nats) => {
+            return Err(err(so.kind.span(), "a nats source needs subjects".into()));
+        }
+        _ => Vec::new(),
+    };
+
+    let Some(raw_topic) = &so.topic else {
+        return Err(err(
+            so.kind.span(),
+            format!(
+                "a {k} source needs a topic (a name, or a template like \"odds/{{sport_key}}\")"
+            ),
+        ));
+    };
+    let topic = parse_template(raw_topic.get_ref())
+        .filter(|parts| {
+            !parts.is_empty()
+                && parts.iter().all(|p| match p {
+                    Part::Lit(l) => l
+                        .bytes()
+                        .all(|b| b == b'/' || b.is_ascii_alphanumeric() || b"._~:@-".contains(&b)),
+                    Part::Var(_) => true,
+                })
+        })
+        .ok_or_else(|| {
+            err(
+                raw_topic.span(),
+                "topic must be a topic name with optional {field} variables".into(),
+            )
+        })?;
+    if let [Part::Lit(fixed)] = topic.as_slice() {
+        if !topic_name_is_valid(fixed) {
+            return Err(err(
+                raw_topic.span(),
+                format!("'{fixed}' is not a topic name"),
+            ));
+        }
+        if !topics.iter().any(|r| r.pattern.matches(fixed)) {
+            return Err(err(
+                raw_topic.span(),
+                format!("topic '{fixed}' matches no [[topics]] pattern"),
+            ));
+        }
+    }
+    let rows = match &so.rows {
+        Some(r) => {
+            let v = r.get_ref();
+            if !v.is_empty() && !v.starts_with('/') {
+                return Err(err(
+                    r.span(),
+                    "rows must be a JSON pointer: \"\" or starting with '/'".into(),
+                ));
+            }
+            v.clone()
+        }
+        None => String::new(),
+    };
+    let idle_timeout_s = match &so.idle_timeout_s {
+        Some(v) if !(1..=MAX_IDLE_TIMEOUT_S).contains(v.get_ref()) => {
+            return Err(err(
+                v.span(),
+                format!("idle_timeout_s must be 1..{MAX_IDLE_TIMEOUT_S}"),
+            ));
+        }
+        Some(v) => *v.get_ref(),
+        None => DEFAULT_IDLE_TIMEOUT_S,
+    };
+    let backoff_max_ms = match &so.backoff_max_ms {
+        Some(v) if !(MIN_BACKOFF_MAX_MS..=MAX_BACKOFF_MAX_MS).contains(v.get_ref()) => {
+            return Err(err(
+                v.span(),
+                format!("backoff_max_ms must be {MIN_BACKOFF_MAX_MS}..{MAX_BACKOFF_MAX_MS}"),
+            ));
+        }
+        Some(v) => *v.get_ref(),
+        None => DEFAULT_BACKOFF_MAX_MS,
+    };
+    Ok(Source {
+        name,
+        kind,
+        url,
+        headers,
+        events,
+        subscribe,
+        subjects,
+        topic,
+        rows,
+        snapshot_url,
+        idle_timeout_s,
+        backoff_max_ms,
     })
 }
 
@@ -1131,7 +1585,9 @@ mod tests {
     fn demo_config_is_valid() {
         let s = Settings::from_toml(DEMO_CONFIG).expect("demo config validates");
         assert!(!s.auth_required);
-        assert_eq!(s.sources, vec![SourceKind::Demo]);
+        assert_eq!(s.sources.len(), 1);
+        assert_eq!(s.sources[0].kind, SourceKind::Demo);
+        assert_eq!(s.sources[0].name, "demo");
     }
 
     #[test]
@@ -1202,6 +1658,239 @@ mod tests {
         assert!(matches!(s.cors, Cors::Any));
         let s = Settings::from_toml("[server]\ncors_origins = []\n").unwrap();
         assert_eq!(s.cors.allow("https://a.example"), None);
+    }
+
+    const SOURCE_TOPICS: &str = "[[topics]]\npattern = \"odds/*\"\n";
+
+    fn with_env(src: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml_env(src, &|name: &str| match name {
+            "ORIGIN_TOKEN" => Some("s3cret-token".into()),
+            "ODDS_KEY" => Some("k3y".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn an_sse_source_expands_env_and_keeps_secrets_out_of_debug() {
+        let s = with_env(&format!(
+            r#"{SOURCE_TOPICS}
+[[sources]]
+name = "odds-origin"
+kind = "sse"
+url = "https://origin.example:9000/stream?apiKey=${{ODDS_KEY}}"
+headers = {{ Authorization = "Bearer ${{ORIGIN_TOKEN}}", X-Plain = "a$b" }}
+events = ["odds_update"]
+topic = "odds/{{sport_key}}"
+rows = "/data"
+snapshot_url = "https://origin.example:9000/snapshot"
+"#
+        ))
+        .unwrap();
+        let so = &s.sources[0];
+        assert_eq!(so.kind, SourceKind::Sse);
+        assert_eq!(
+            so.url.expose(),
+            "https://origin.example:9000/stream?apiKey=k3y"
+        );
+        assert_eq!(so.display_url(), "https://origin.example:9000/stream");
+        assert_eq!(so.headers[0].0, "Authorization");
+        assert_eq!(so.headers[0].1.expose(), "Bearer s3cret-token");
+        assert_eq!(so.headers[1].1.expose(), "a$b");
+        assert_eq!(so.idle_timeout_s, DEFAULT_IDLE_TIMEOUT_S);
+        assert_eq!(so.backoff_max_ms, DEFAULT_BACKOFF_MAX_MS);
+        assert_eq!(
+            so.topic,
+            vec![Part::Lit("odds/".into()), Part::Var("sport_key".into())]
+        );
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(!debug.contains("k3y"), "{debug}");
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_and_no_value_is_shown() {
+        let e = with_env(&format!(
+            "{SOURCE_TOPICS}[[sources]]\nname = \"o\"\nkind = \"sse\"\nurl = \"http://o/s\"\ntopic = \"odds/x\"\nheaders = {{ A = \"${{ORIGIN_TOKEN}}\", B = \"${{NOPE_NOT_SET}}\" }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.line, 8, "{e}");
+        assert!(
+            e.message
+                .contains("headers.B: environment variable NOPE_NOT_SET is not set"),
+            "{e}"
+        );
+        assert!(!e.message.contains("s3cret"), "{e}");
+        assert_eq!(
+            expand_env("a${X}b${Y}", |n| Some(n.to_lowercase())).unwrap(),
+            "axby"
+        );
+        assert!(expand_env("${X", |_| Some(String::new())).is_err());
+        assert!(expand_env("${1X}", |_| Some(String::new())).is_err());
+        assert_eq!(expand_env("$X {Y}", |_| None).unwrap(), "$X {Y}");
+    }
+
+    #[test]
+    fn each_kind_takes_its_own_keys_and_schemes() {
+        let base = |kind: &str, extra: &str| {
+            format!("{SOURCE_TOPICS}[[sources]]\nname = \"s\"\nkind = \"{kind}\"\n{extra}\n")
+        };
+        let ok = [
+            ("sse", "url = \"http://o/s\"\ntopic = \"odds/a\""),
+            (
+                "sse",
+                "url = \"https://o/s\"\ntopic = \"odds/{k}\"\nidle_timeout_s = 1\nbackoff_max_ms = 10",
+            ),
+            (
+                "websocket",
+                "url = \"ws://o/s\"\ntopic = \"odds/{k}\"\nsubscribe = '{\"op\":\"sub\"}'",
+            ),
+            (
+                "websocket",
+                "url = \"wss://o/s\"\ntopic = \"odds/{k}\"\nrows = \"\"",
+            ),
+            (
+                "nats",
+                "url = \"nats://127.0.0.1:4222\"\nsubjects = [\"odds.>\"]\ntopic = \"{subject}\"",
+            ),
+        ];
+        for (kind, extra) in ok {
+            with_env(&base(kind, extra)).unwrap_or_else(|e| panic!("{kind} {extra}: {e}"));
+        }
+        let bad = [
+            (
+                "sse",
+                "url = \"ws://o/s\"\ntopic = \"odds/a\"",
+                "http or https",
+            ),
+            (
+                "sse",
+                "url = \"http:/\"\ntopic = \"odds/a\"",
+                "http or https",
+            ),
+            (
+                "websocket",
+                "url = \"http://o/s\"\ntopic = \"odds/a\"",
+                "ws or wss",
+            ),
+            (
+                "nats",
+                "url = \"http://o\"\nsubjects = [\"a\"]\ntopic = \"odds/a\"",
+                "nats or tls",
+            ),
+            (
+                "nats",
+                "url = \"nats://o\"\ntopic = \"odds/a\"",
+                "needs subjects",
+            ),
+            (
+                "nats",
+                "url = \"nats://o\"\nsubjects = []\ntopic = \"odds/a\"",
+                "subjects",
+            ),
+            (
+                "nats",
+                "url = \"nats://o\"\nsubjects = [\"a..b\"]\ntopic = \"odds/a\"",
+                "subjects",
+            ),
+            (
+                "nats",
+                "url = \"nats://o\"\nsubjects = [\"a\"]\ntopic = \"odds/a\"\nheaders = { A = \"b\" }",
+                "'headers' does not apply to a nats source",
+            ),
+            (
+                "websocket",
+                "url = \"ws://o\"\ntopic = \"odds/a\"\nevents = [\"x\"]",
+                "'events' does not apply",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/a\"\nsubscribe = \"x\"",
+                "'subscribe' does not apply",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/a\"\nsubjects = [\"x\"]",
+                "'subjects' does not apply",
+            ),
+            ("sse", "url = \"http://o\"", "needs a topic"),
+            ("sse", "topic = \"odds/a\"", "needs a url"),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"ticker/a\"",
+                "matches no [[topics]] pattern",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds//a\"",
+                "not a topic name",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/{a b}\"",
+                "topic must be",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/a\"\nrows = \"data\"",
+                "JSON pointer",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/a\"\nidle_timeout_s = 0",
+                "idle_timeout_s",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/a\"\nbackoff_max_ms = 1",
+                "backoff_max_ms",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/a\"\nsnapshot_url = \"ws://o\"",
+                "snapshot_url",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/a\"\nheaders = { \"A B\" = \"x\" }",
+                "not a header name",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/a\"\nheaders = { A = \"x\\ny\" }",
+                "control character",
+            ),
+            (
+                "sse",
+                "url = \"http://o\"\ntopic = \"odds/a\"\nbogus = 1",
+                "unknown field",
+            ),
+            (
+                "demo",
+                "url = \"http://o\"",
+                "'url' does not apply to a demo source",
+            ),
+            ("rss", "", "unknown source kind 'rss'"),
+        ];
+        for (kind, extra, want) in bad {
+            let e = with_env(&base(kind, extra)).err();
+            let msg = e.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+            assert!(msg.contains(want), "{kind} {extra:?}: {msg:?}");
+        }
+        // names: required, unique, label-safe
+        let e = with_env(&format!(
+            "{SOURCE_TOPICS}[[sources]]\nkind = \"sse\"\nurl = \"http://o\"\ntopic = \"odds/a\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("needs a name"), "{e}");
+        let e = with_env(&format!(
+            "{SOURCE_TOPICS}[[sources]]\nname = \"a b\"\nkind = \"demo\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("source name must be"), "{e}");
+        let two = base("sse", "url = \"http://o\"\ntopic = \"odds/a\"");
+        let e = with_env(&format!("{two}{}", two.replace(SOURCE_TOPICS, ""))).unwrap_err();
+        assert!(e.message.contains("duplicate source name 's'"), "{e}");
+        assert_eq!(e.line, 9, "{e}");
     }
 
     #[test]

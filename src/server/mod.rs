@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use monoio::net::TcpListener;
 
-use crate::config::{Settings, SourceKind};
+use crate::config::Settings;
 use crate::hub::Hub;
 use crate::sources;
 use runtime::{Driver, Runtime};
@@ -101,13 +101,7 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
     if let Some(cluster) = &settings.cluster {
         crate::cluster::start(cluster, hub.clone()).map_err(ServerError::Thread)?;
     }
-    for source in &settings.sources {
-        match source {
-            SourceKind::Demo => {
-                sources::demo::spawn(hub.clone()).map_err(ServerError::Thread)?;
-            }
-        }
-    }
+    sources::start(&hub).map_err(ServerError::Thread)?;
     crate::hub::coalesce::spawn(hub.clone()).map_err(ServerError::Thread)?;
     let reloader = reload::Reloader::new(hub.clone(), config_path, published.clone());
     let signals = spawn_signal_thread(hub.clone(), reloader)?;

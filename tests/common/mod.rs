@@ -94,22 +94,24 @@ impl Server {
         Server::start_file(path, driver)
     }
 
-    /// Starts sluice with extra environment variables.
+    pub fn start_file(config_path: PathBuf, driver: Driver) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(&config_path);
+        Server::spawn(cmd, config_path, driver)
+    }
+
+    /// Starts sluice with extra environment variables (they win over the
+    /// harness's own, e.g. `SLUICE_LOG`).
     pub fn start_env(config: &str, driver: Driver, env: &[(&str, &str)]) -> Server {
         let path = temp_path("sluice.toml");
         std::fs::write(&path, config).expect("write config");
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config"]).arg(&path);
+        cmd.env("SLUICE_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
         Server::spawn(cmd, path, driver)
-    }
-
-    pub fn start_file(config_path: PathBuf, driver: Driver) -> Server {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--config"]).arg(&config_path);
-        Server::spawn(cmd, config_path, driver)
     }
 
     /// Starts sluice with its file descriptor limit lowered to `nofile`.

@@ -230,6 +230,8 @@ fn healthz(ctx: &Context) -> Answer {
     let hub = &ctx.hub;
     let up = hub.workers_up.load(Ordering::Relaxed);
     let cluster = crate::cluster::link();
+    // SPEC §7: a source that is not up degrades the node (still 200).
+    let (sources, sources_up) = crate::sources::health::registry().healthz();
     let (status, state) = if hub.is_draining() {
         (503, "draining")
     } else if up < ctx.settings.workers || crate::cluster::starting() {
@@ -239,13 +241,13 @@ fn healthz(ctx: &Context) -> Answer {
         .is_some()
     {
         (503, "stalled")
-    } else if cluster.is_some_and(|c| !c.is_connected()) {
+    } else if cluster.is_some_and(|c| !c.is_connected()) || !sources_up {
         (200, "degraded")
     } else {
         (200, "ok")
     };
     let mut s = format!(
-        r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{}"#,
+        r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{},"sources":{sources}"#,
         hub.connections.load(Ordering::Relaxed),
         hub.streams.load(Ordering::Relaxed)
     );
@@ -264,6 +266,7 @@ fn metrics_text(ctx: &Context) -> Answer {
         hub.topic_count(),
         hub.workers_up.load(Ordering::Relaxed),
     );
+    crate::sources::health::registry().set_gauges();
     (
         200,
         "text/plain; version=0.0.4",
@@ -274,10 +277,7 @@ fn metrics_text(ctx: &Context) -> Answer {
 /// `GET /`: the demo page for browsers when the demo feed runs (it streams
 /// the demo topics with the demo keys), else a plain-text index.
 fn index(ctx: &Context, req: &Request) -> Answer {
-    let demo = ctx
-        .settings
-        .sources
-        .contains(&crate::config::SourceKind::Demo);
+    let demo = ctx.settings.has_source(crate::config::SourceKind::Demo);
     let html = req
         .header("accept")
         .is_some_and(|a| a.contains("text/html"));
