@@ -17,6 +17,7 @@
 pub mod coalesce;
 pub mod filter;
 pub mod ring;
+pub mod row;
 pub mod row_key;
 
 use std::collections::{HashMap, VecDeque};
@@ -26,13 +27,15 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use indexmap::IndexMap;
+use indexmap::IndexSet;
 
 use crate::config::{Settings, TopicRule};
 use crate::sse;
 use crate::time::{unix_micros, unix_millis};
 pub use filter::Filter;
 pub use ring::{Entry, Read, Ring};
+use row::RowKey;
+pub use row::{Row, RowBuilder};
 
 /// Most topics a node keeps (a subscriber may create a topic by naming it).
 pub const MAX_TOPICS: usize = 100_000;
@@ -51,35 +54,21 @@ pub fn topic_name_is_valid(name: &str) -> bool {
         })
 }
 
-/// One published row: its compact JSON, its state-table key if the topic
-/// has one ([`row_key`]: its key fields' texts, injectively encoded), and its values of the topic's filter fields (`None`: the row
-/// lacks that field and no filter on it lets the row through).
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub json: Bytes,
-    pub key: Option<Box<str>>,
-    pub fields: Box<[Option<Box<str>>]>,
-}
-
 /// The rows of one frame, shared by the ring, the state table and every
 /// filtered group that re-joins them.
-pub type Rows = Arc<[Arc<Row>]>;
+pub type Rows = Arc<[Row]>;
 
 /// Most bytes of rows a keyless topic gathers for one coalesced frame; past
 /// it the frame goes out at once rather than waiting for the tick, so that no
 /// single frame outgrows a connection's queue.
 pub const MAX_PENDING_BYTES: usize = 256 * 1024;
 
-struct KeyedEntry {
-    row: Arc<Row>,
-    /// Bit c: the row changed since cadence c's last frame.
-    dirty: u32,
-}
-
 enum Table {
-    Keyed(IndexMap<Box<str>, KeyedEntry>),
+    /// The latest row per key, in the order keys first appeared; a row is
+    /// its own key ([`RowKey`]), so a key costs no copy of its text.
+    Keyed(IndexSet<RowKey>),
     Keyless {
-        rows: VecDeque<Arc<Row>>,
+        rows: VecDeque<Row>,
         history: usize,
     },
 }
@@ -105,8 +94,10 @@ struct Cadence {
     /// Keyed topics: state-table indices changed since the last frame, in
     /// the order they first changed.
     dirty: Vec<usize>,
+    /// Keyed topics: bit i set when index i is in `dirty`.
+    dirty_bits: Vec<u64>,
     /// Keyless topics: rows published since the last frame, in order.
-    pending: Vec<Arc<Row>>,
+    pending: Vec<Row>,
     pending_bytes: usize,
     /// In the hub's flush queue for this cadence.
     queued: bool,
@@ -116,6 +107,35 @@ impl Cadence {
     fn is_dirty(&self) -> bool {
         !self.dirty.is_empty() || !self.pending.is_empty()
     }
+
+    /// Queues state-table index `i` for the next frame, once.
+    fn mark_dirty(&mut self, i: usize) {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.dirty_bits.len() <= word {
+            self.dirty_bits.resize(word + 1, 0);
+        }
+        if self.dirty_bits[word] & bit == 0 {
+            self.dirty_bits[word] |= bit;
+            self.dirty.push(i);
+        }
+    }
+}
+
+/// Most encoded initial states a topic keeps for reuse (one per cadence and
+/// filter asked for); past it the oldest goes.
+pub const MAX_SHARED_STATES: usize = 8;
+
+/// An encoded initial state of the current state table, shared by every
+/// stream that starts (and every snapshot taken) before the table changes:
+/// clients that do not read it hold one buffer between them, not a copy each.
+struct SharedState {
+    /// The cadence whose `id` and pending rows the frame reflects; `None`:
+    /// built for a snapshot (every row, `id` the topic's).
+    cadence: Option<usize>,
+    filter: Option<Filter>,
+    frame: Bytes,
+    /// The JSON inside `frame` (the snapshot body).
+    body: std::ops::Range<usize>,
 }
 
 struct TopicState {
@@ -123,6 +143,9 @@ struct TopicState {
     seq: u64,
     table: Table,
     cadences: Box<[Cadence]>,
+    /// Encoded initial states of the table as it is now: emptied whenever
+    /// the table, a cadence's id or its pending rows change.
+    shared: Vec<SharedState>,
 }
 
 /// A topic: its state table (behind the writer lock) and one ring per
@@ -165,7 +188,7 @@ impl Topic {
                 history: rule.history,
             }
         } else {
-            Table::Keyed(IndexMap::new())
+            Table::Keyed(IndexSet::new())
         };
         let n = settings.cadences.len();
         let topic = Topic {
@@ -182,6 +205,7 @@ impl Topic {
                 seq: 0,
                 table,
                 cadences: (0..n).map(|_| Cadence::default()).collect(),
+                shared: Vec::new(),
             }),
             rings: (0..n).map(|_| OnceLock::new()).collect(),
             cadence_ms: settings.cadences.clone().into_boxed_slice(),
@@ -221,11 +245,12 @@ impl Topic {
     /// whose rings got a frame (raw, or a keyless frame flushed early), and
     /// the cadences that became dirty and must be queued for their next tick.
     fn publish(&self, rows: Vec<Row>) -> (u64, u32, u32) {
-        let rows: Rows = rows.into_iter().map(Arc::new).collect();
+        let rows: Rows = rows.into();
         let mut st = self.lock();
         let st = &mut *st;
         let seq = (st.seq + 1).max(unix_micros());
         st.seq = seq;
+        st.shared.clear();
         // Coalesced cadences that gather this update.
         let mut gather = 0u32;
         for (c, cad) in st.cadences.iter().enumerate() {
@@ -234,30 +259,16 @@ impl Topic {
             }
         }
         match &mut st.table {
-            Table::Keyed(map) => {
+            Table::Keyed(set) => {
                 for row in rows.iter() {
-                    let key = row.key.clone().unwrap_or_default();
-                    let i = match map.entry(key) {
-                        indexmap::map::Entry::Occupied(mut e) => {
-                            e.get_mut().row = row.clone();
-                            e.index()
-                        }
-                        indexmap::map::Entry::Vacant(v) => {
-                            let i = v.index();
-                            v.insert(KeyedEntry {
-                                row: row.clone(),
-                                dirty: 0,
-                            });
-                            i
-                        }
-                    };
-                    let e = &mut map[i];
-                    let mut fresh = gather & !e.dirty;
-                    e.dirty |= gather;
-                    while fresh != 0 {
-                        let c = fresh.trailing_zeros() as usize;
-                        fresh &= fresh - 1;
-                        st.cadences[c].dirty.push(i);
+                    // Replaces the row of an equal key in place (its index,
+                    // so its place in the state order, stays).
+                    let (i, _) = set.replace_full(RowKey(row.clone()));
+                    let mut g = gather;
+                    while g != 0 {
+                        let c = g.trailing_zeros() as usize;
+                        g &= g - 1;
+                        st.cadences[c].mark_dirty(i);
                     }
                 }
             }
@@ -279,7 +290,7 @@ impl Topic {
                     g &= g - 1;
                     let cad = &mut st.cadences[c];
                     cad.pending.extend(rows.iter().cloned());
-                    cad.pending_bytes += rows.iter().map(|r| r.json.len()).sum::<usize>();
+                    cad.pending_bytes += rows.iter().map(|r| r.json().len()).sum::<usize>();
                 }
             }
         }
@@ -313,7 +324,7 @@ impl Topic {
             &self.name,
             seq,
             ts_ms,
-            rows.iter().map(|r| &r.json),
+            rows.iter().map(Row::json),
         );
         let ring = self.rings[c].get().expect("an active cadence has a ring");
         ring.push(Entry {
@@ -323,6 +334,7 @@ impl Topic {
             rows,
         });
         st.cadences[c].emitted = seq;
+        st.shared.clear();
     }
 
     /// Builds cadence `c`'s coalesced frame from what changed since its last
@@ -330,15 +342,14 @@ impl Topic {
     /// order), with the topic's current id. False when nothing changed.
     fn flush_locked(&self, st: &mut TopicState, c: usize, now_ms: u64) -> bool {
         let rows: Rows = match &mut st.table {
-            Table::Keyed(map) => {
-                let bit = !(1u32 << c);
-                st.cadences[c]
-                    .dirty
+            Table::Keyed(set) => {
+                let cad = &mut st.cadences[c];
+                let bits = &mut cad.dirty_bits;
+                cad.dirty
                     .drain(..)
                     .map(|i| {
-                        let e = &mut map[i];
-                        e.dirty &= bit;
-                        e.row.clone()
+                        bits[i / 64] &= !(1u64 << (i % 64));
+                        set[i].0.clone()
                     })
                     .collect()
             }
@@ -368,6 +379,7 @@ impl Topic {
         if !cad.active {
             cad.active = true;
             cad.emitted = st.seq;
+            st.shared.clear();
         }
         self.rings[c].get_or_init(|| Ring::new(self.ring_slots))
     }
@@ -380,40 +392,92 @@ impl Topic {
         st: &'a TopicState,
         c: Option<usize>,
         filter: Option<&'a Filter>,
-    ) -> Vec<&'a Bytes> {
-        let pass = move |r: &&'a Arc<Row>| filter::passes(filter, &r.fields);
+    ) -> Vec<&'a [u8]> {
+        let pass = move |r: &&'a Row| filter::passes(filter, r);
         match &st.table {
-            Table::Keyed(m) => m
-                .values()
-                .map(|e| &e.row)
+            Table::Keyed(set) => set
+                .iter()
+                .map(|k| &k.0)
                 .filter(pass)
-                .map(|r| &r.json)
+                .map(Row::json)
                 .collect(),
             Table::Keyless { rows, .. } => {
                 let pending = c.map_or(0, |c| st.cadences[c].pending.len());
                 let upto = rows.len() - pending.min(rows.len());
-                rows.range(..upto).filter(pass).map(|r| &r.json).collect()
+                rows.range(..upto).filter(pass).map(Row::json).collect()
             }
         }
     }
 
-    /// The `initial_state` JSON body (for `GET /v1/snapshot`).
+    /// The `initial_state` JSON body (for `GET /v1/snapshot`): a slice of a
+    /// shared initial state frame showing every row, built (for the raw
+    /// cadence when there is one, so raw streams share it) if none is.
     pub fn snapshot_json(&self, filter: Option<&Filter>) -> Bytes {
-        let st = self.lock();
-        let rows = self.state_rows(&st, None, filter);
-        let mut out = bytes::BytesMut::with_capacity(128);
-        sse::initial_state_json(&mut out, &self.name, unix_millis(), rows.into_iter());
-        out.freeze()
+        let mut st = self.lock();
+        let st = &mut *st;
+        let keyed = matches!(st.table, Table::Keyed(_));
+        let whole = |c: Option<usize>| keyed || c.is_none_or(|c| st.cadences[c].pending.is_empty());
+        if let Some(s) = st
+            .shared
+            .iter()
+            .find(|s| s.filter.as_ref() == filter && whole(s.cadence))
+        {
+            return s.frame.slice(s.body.clone());
+        }
+        let raw = self
+            .cadence_ms
+            .iter()
+            .position(|&ms| ms == 0)
+            .filter(|&c| st.cadences[c].active);
+        let s = self.shared_state(st, raw, filter);
+        s.frame.slice(s.body.clone())
     }
 
-    fn initial_state_locked(&self, st: &TopicState, c: usize, filter: Option<&Filter>) -> Bytes {
-        let rows = self.state_rows(st, Some(c), filter);
-        sse::initial_state_frame(
-            &self.name,
-            st.cadences[c].emitted,
-            unix_millis(),
-            rows.into_iter(),
-        )
+    /// The shared initial state of cadence `c` (`None`: a snapshot's) for
+    /// `filter`, encoded now if no stream or snapshot asked for it since the
+    /// table last changed.
+    fn shared_state<'s>(
+        &self,
+        st: &'s mut TopicState,
+        c: Option<usize>,
+        filter: Option<&Filter>,
+    ) -> &'s SharedState {
+        if let Some(i) = st
+            .shared
+            .iter()
+            .position(|s| s.cadence == c && s.filter.as_ref() == filter)
+        {
+            return &st.shared[i];
+        }
+        let id = c.map_or(st.seq, |c| st.cadences[c].emitted);
+        let rows = self.state_rows(st, c, filter);
+        let (frame, body) =
+            sse::initial_state_frame(&self.name, id, unix_millis(), rows.into_iter());
+        if st.shared.len() >= MAX_SHARED_STATES {
+            st.shared.remove(0);
+        }
+        st.shared.push(SharedState {
+            cadence: c,
+            filter: filter.cloned(),
+            frame,
+            body,
+        });
+        st.shared.last().expect("just pushed")
+    }
+
+    fn initial_state_locked(
+        &self,
+        st: &mut TopicState,
+        c: usize,
+        filter: Option<&Filter>,
+    ) -> Bytes {
+        self.shared_state(st, Some(c), filter).frame.clone()
+    }
+
+    /// Drops the shared initial states that no stream or response holds
+    /// any more (the next start encodes the table afresh).
+    fn release_unused_states(&self) {
+        self.lock().shared.retain(|s| !s.frame.is_unique());
     }
 
     /// Initial state frames for several filters of cadence `c`, and the ring
@@ -424,7 +488,7 @@ impl Topic {
         let tail = ring.tail();
         let frames = filters
             .iter()
-            .map(|f| self.initial_state_locked(&st, c, *f))
+            .map(|f| self.initial_state_locked(&mut st, c, *f))
             .collect();
         (frames, tail)
     }
@@ -436,7 +500,7 @@ impl Topic {
         let Some(f) = filter else {
             return Some(e.frame.clone());
         };
-        let kept = e.rows.iter().filter(|r| f.passes(&r.fields)).count();
+        let kept = e.rows.iter().filter(|r| f.passes(r)).count();
         if kept == 0 {
             None
         } else if kept == e.rows.len() {
@@ -447,10 +511,7 @@ impl Topic {
                 &self.name,
                 e.seq,
                 e.ts_ms,
-                e.rows
-                    .iter()
-                    .filter(|r| f.passes(&r.fields))
-                    .map(|r| &r.json),
+                e.rows.iter().filter(|r| f.passes(r)).map(Row::json),
             ))
         }
     }
@@ -479,7 +540,7 @@ impl Topic {
             }
         }
         (
-            Start::Fresh(self.initial_state_locked(&st, c, filter)),
+            Start::Fresh(self.initial_state_locked(&mut st, c, filter)),
             tail,
         )
     }
@@ -732,6 +793,19 @@ impl Hub {
         }
     }
 
+    /// Once a second (the coalescer thread): drops encoded initial states
+    /// that no stream or response holds any more.
+    pub fn sweep(&self, _now_ms: u64) {
+        for t in self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            t.release_unused_states();
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -760,11 +834,7 @@ mod tests {
     }
 
     fn row(json: &str, key: Option<&str>) -> Row {
-        Row {
-            json: Bytes::copy_from_slice(json.as_bytes()),
-            key: key.map(Into::into),
-            fields: Box::new([]),
-        }
+        Row::new(json.as_bytes(), key.as_slice(), &[])
     }
 
     #[test]
@@ -811,6 +881,90 @@ mod tests {
         }
         let text = String::from_utf8(t.snapshot_json(None).to_vec()).unwrap();
         assert!(text.ends_with(r#""data":[{"i":1},{"i":2}]}"#), "{text}");
+    }
+
+    fn fresh(start: (Start, u64)) -> Bytes {
+        match start.0 {
+            Start::Fresh(f) => f,
+            Start::Replay(_) => panic!("expected an initial state"),
+        }
+    }
+
+    #[test]
+    fn starts_and_snapshots_share_one_buffer_until_the_state_changes() {
+        let h = hub();
+        let t = h.topic("k/s").unwrap();
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        let a = fresh(t.start(0, None, None));
+        let b = fresh(t.start(0, None, None));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer for both streams");
+        let snap = t.snapshot_json(None);
+        let inside = a.as_ptr_range();
+        assert!(
+            inside.contains(&snap.as_ptr()) && snap.len() < a.len(),
+            "the snapshot body is a slice of the stream's frame"
+        );
+        assert!(a.ends_with(&[&snap[..], b"\n\n"].concat()));
+        // another filter is another buffer
+        let f = Filter::new(vec![filter::Clause::parse(0, "x").unwrap()]).unwrap();
+        let filtered = fresh(t.start(0, Some(&f), None));
+        assert_ne!(filtered.as_ptr(), a.as_ptr());
+        assert_eq!(
+            fresh(t.start(0, Some(&f), None)).as_ptr(),
+            filtered.as_ptr()
+        );
+        // a publish makes the next start encode the new state
+        h.publish(&t, vec![row(r#"{"id":2}"#, Some("2"))]);
+        let c = fresh(t.start(0, None, None));
+        assert_ne!(c.as_ptr(), a.as_ptr());
+        assert!(
+            std::str::from_utf8(&c)
+                .unwrap()
+                .contains(r#"[{"id":1},{"id":2}]"#)
+        );
+        assert!(!std::str::from_utf8(&a).unwrap().contains(r#"{"id":2}"#));
+    }
+
+    #[test]
+    fn shared_states_are_bounded_and_released_when_unused() {
+        let h = hub();
+        let t = h.topic("k/b").unwrap();
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        let filters: Vec<Filter> = (0..MAX_SHARED_STATES + 2)
+            .map(|i| Filter::new(vec![filter::Clause::parse(0, &i.to_string()).unwrap()]).unwrap())
+            .collect();
+        for f in &filters {
+            fresh(t.start(0, Some(f), None));
+        }
+        assert_eq!(t.lock().shared.len(), MAX_SHARED_STATES);
+        let held = fresh(t.start(0, None, None));
+        t.release_unused_states();
+        assert_eq!(t.lock().shared.len(), 1, "only the held one stays");
+        assert_eq!(fresh(t.start(0, None, None)).as_ptr(), held.as_ptr());
+        drop(held);
+        t.release_unused_states();
+        assert!(t.lock().shared.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_never_reuses_a_frame_that_leaves_out_pending_rows() {
+        let s = Settings::from_toml(
+            "[server]\nworkers = 1\n[tiers.raw]\ncoalesce_ms = 0\n[tiers.slow]\ncoalesce_ms = 1000\n\
+             [auth]\nanonymous_tier = \"raw\"\n[[topics]]\npattern = \"l/*\"\nhistory = 10\n",
+        )
+        .unwrap();
+        let h = Hub::new(Arc::new(s));
+        let t = h.topic("l/p").unwrap();
+        fresh(t.start(1, None, None)); // the 1 s cadence is active
+        h.publish(&t, vec![row(r#"{"i":1}"#, None)]);
+        // the coalesced start leaves row 1 out (its next frame brings it)
+        let slow = fresh(t.start(1, None, None));
+        assert!(std::str::from_utf8(&slow).unwrap().contains(r#""data":[]"#));
+        let snap = t.snapshot_json(None);
+        assert!(snap.ends_with(br#""data":[{"i":1}]}"#));
+        // and it was built for the raw cadence, whose streams share it
+        let raw = fresh(t.start(0, None, None));
+        assert!(raw.as_ptr_range().contains(&snap.as_ptr()));
     }
 
     #[test]

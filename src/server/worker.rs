@@ -745,11 +745,7 @@ mod tests {
     fn publish(hub: &Hub, t: &Arc<Topic>, n: u32) -> u64 {
         hub.publish(
             t,
-            vec![Row {
-                json: Bytes::from(format!("{{\"n\":{n}}}")),
-                key: None,
-                fields: Box::new([]),
-            }],
+            vec![Row::new(format!("{{\"n\":{n}}}").as_bytes(), &[], &[])],
         )
     }
 
@@ -793,10 +789,12 @@ mod tests {
         for s in &subs {
             drain(s);
         }
-        let row = |book: &str| Row {
-            json: Bytes::from(format!("{{\"book\":\"{book}\"}}")),
-            key: None,
-            fields: Box::new([Some(book.into())]),
+        let row = |book: &str| {
+            Row::new(
+                format!("{{\"book\":\"{book}\"}}").as_bytes(),
+                &[],
+                &[Some(book)],
+            )
         };
         hub.publish(&t, vec![row("a"), row("z")]);
         hub.publish(&t, vec![row("z")]);
@@ -921,11 +919,7 @@ mod tests {
         for _ in 0..8 {
             hub.publish(
                 &t,
-                vec![Row {
-                    json: Bytes::from(format!("\"{big}\"")),
-                    key: None,
-                    fields: Box::new([]),
-                }],
+                vec![Row::new(format!("\"{big}\"").as_bytes(), &[], &[])],
             );
             w.on_inbox();
         }
