@@ -19,6 +19,7 @@ pub mod filter;
 pub mod ring;
 pub mod row;
 pub mod row_key;
+mod table;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -27,15 +28,14 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use indexmap::IndexSet;
 
 use crate::config::{Settings, TopicRule};
 use crate::sse;
 use crate::time::{unix_micros, unix_millis};
 pub use filter::Filter;
 pub use ring::{Entry, Read, Ring};
-use row::RowKey;
 pub use row::{Row, RowBuilder};
+use table::KeyedTable;
 
 /// Most topics a node keeps (a subscriber may create a topic by naming it).
 pub const MAX_TOPICS: usize = 100_000;
@@ -64,9 +64,8 @@ pub type Rows = Arc<[Row]>;
 pub const MAX_PENDING_BYTES: usize = 256 * 1024;
 
 enum Table {
-    /// The latest row per key, in the order keys first appeared; a row is
-    /// its own key ([`RowKey`]), so a key costs no copy of its text.
-    Keyed(IndexSet<RowKey>),
+    /// The latest row per key, in the order keys first appeared.
+    Keyed(KeyedTable),
     Keyless {
         rows: VecDeque<Row>,
         history: usize,
@@ -188,7 +187,7 @@ impl Topic {
                 history: rule.history,
             }
         } else {
-            Table::Keyed(IndexSet::new())
+            Table::Keyed(KeyedTable::default())
         };
         let n = settings.cadences.len();
         let topic = Topic {
@@ -263,7 +262,7 @@ impl Topic {
                 for row in rows.iter() {
                     // Replaces the row of an equal key in place (its index,
                     // so its place in the state order, stays).
-                    let (i, _) = set.replace_full(RowKey(row.clone()));
+                    let i = set.upsert(row.clone());
                     let mut g = gather;
                     while g != 0 {
                         let c = g.trailing_zeros() as usize;
@@ -349,7 +348,7 @@ impl Topic {
                     .drain(..)
                     .map(|i| {
                         bits[i / 64] &= !(1u64 << (i % 64));
-                        set[i].0.clone()
+                        set.get(i).clone()
                     })
                     .collect()
             }
@@ -395,12 +394,7 @@ impl Topic {
     ) -> Vec<&'a [u8]> {
         let pass = move |r: &&'a Row| filter::passes(filter, r);
         match &st.table {
-            Table::Keyed(set) => set
-                .iter()
-                .map(|k| &k.0)
-                .filter(pass)
-                .map(Row::json)
-                .collect(),
+            Table::Keyed(set) => set.iter().filter(pass).map(Row::json).collect(),
             Table::Keyless { rows, .. } => {
                 let pending = c.map_or(0, |c| st.cadences[c].pending.len());
                 let upto = rows.len() - pending.min(rows.len());

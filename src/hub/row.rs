@@ -19,9 +19,9 @@
 //! topic keyed by `id` with no filters costs 16 + ~6 + its JSON bytes.
 //!
 //! Key semantics (see [`super::row_key`]): a key is the tuple of its fields'
-//! texts. [`RowKey`] compares and hashes that tuple field by field (each
-//! with its length), which is equality of the injective `row_key` encoding
-//! without building it.
+//! texts. [`Row::same_key`] and [`Row::hash_key`] compare and hash that
+//! tuple field by field (each with its length), which is equality of the
+//! injective `row_key` encoding without building it.
 //!
 //! Cold to build (once per published row, never per connection); `json()` is
 //! read per row per encoded frame, in O(1).
@@ -275,24 +275,18 @@ impl std::fmt::Debug for Row {
     }
 }
 
-/// A keyed state table's entry: a row, compared and hashed by its key.
-#[derive(Clone, Debug)]
-pub struct RowKey(pub Row);
-
-impl PartialEq for RowKey {
-    fn eq(&self, other: &RowKey) -> bool {
-        self.0.key_texts().eq(other.0.key_texts())
-    }
-}
-
-impl Eq for RowKey {}
-
-impl Hash for RowKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        for t in self.0.key_texts().flatten() {
+impl Row {
+    /// Hashes the key as the tuple of its fields' texts.
+    pub fn hash_key<H: Hasher>(&self, state: &mut H) {
+        for t in self.key_texts().flatten() {
             // `[u8]`'s Hash writes the length first: ("ab","") ≠ ("a","b").
             t.hash(state);
         }
+    }
+
+    /// True when both rows have the same key (tuple of field texts).
+    pub fn same_key(&self, other: &Row) -> bool {
+        self.key_texts().eq(other.key_texts())
     }
 }
 
@@ -345,13 +339,13 @@ mod tests {
 
     #[test]
     fn keys_compare_as_tuples() {
-        let k = |t: &[&str]| RowKey(Row::new(b"{}", t, &[]));
-        assert_eq!(k(&["a", "b"]), k(&["a", "b"]));
-        assert_ne!(k(&["ab", ""]), k(&["a", "b"]));
-        assert_ne!(k(&["a"]), k(&["a", ""]));
-        let h = |r: &RowKey| {
+        let k = |t: &[&str]| Row::new(b"{}", t, &[]);
+        assert!(k(&["a", "b"]).same_key(&k(&["a", "b"])));
+        assert!(!k(&["ab", ""]).same_key(&k(&["a", "b"])));
+        assert!(!k(&["a"]).same_key(&k(&["a", ""])));
+        let h = |r: &Row| {
             let mut s = std::collections::hash_map::DefaultHasher::new();
-            r.hash(&mut s);
+            r.hash_key(&mut s);
             s.finish()
         };
         assert_eq!(h(&k(&["a", "b"])), h(&k(&["a", "b"])));
