@@ -114,8 +114,8 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
                 Ok(false) => {
                     // Not an endpoint that takes a body: answer (404 or 405)
                     // without reading it, and close.
-                    let out = route(&w, &req, Vec::new(), false);
-                    let _ = stream.write_all(out.freeze()).await;
+                    let (out, body) = route(&w, &req, Vec::new(), false);
+                    let _ = write_response(&mut stream, out, body).await;
                     close_gracefully(&mut stream).await;
                     return;
                 }
@@ -139,8 +139,8 @@ pub async fn serve(w: Rc<Worker>, mut stream: TcpStream) {
             buf.drain(..req.head_len);
             Vec::new()
         };
-        let out = route(&w, &req, body, keep_alive);
-        if stream.write_all(out.freeze()).await.0.is_err() || !keep_alive {
+        let (out, body) = route(&w, &req, body, keep_alive);
+        if !write_response(&mut stream, out, body).await || !keep_alive {
             return;
         }
     }
@@ -298,32 +298,61 @@ fn admit_post(w: &Worker, req: &Request) -> Result<bool, (u16, &'static str)> {
     Ok(false)
 }
 
-/// Answers a non-streaming request.
-fn route(w: &Worker, req: &Request, body: Vec<u8>, keep_alive: bool) -> BytesMut {
+/// Bodies up to this size are copied after the response head (one write);
+/// larger ones (snapshots) are written from their own, shared, buffer.
+const COPIED_BODY_BYTES: usize = 16 * 1024;
+
+/// Writes a response: its head (and small body), then a large body from its
+/// own buffer. False when the connection failed.
+async fn write_response(stream: &mut TcpStream, head: BytesMut, body: Bytes) -> bool {
+    if stream.write_all(head.freeze()).await.0.is_err() {
+        return false;
+    }
+    body.is_empty() || stream.write_all(body).await.0.is_ok()
+}
+
+/// Answers a non-streaming request: the response, and a large body to send
+/// after it from its own buffer (empty when the body is in the response).
+fn route(w: &Worker, req: &Request, body: Vec<u8>, keep_alive: bool) -> (BytesMut, Bytes) {
     let origin = req.header("origin");
     let cors = &w.settings.cors;
-    let (status, out) = match route_inner(w, req, body) {
+    let head_only = req.method == Method::Head;
+    let (status, out, body) = match route_inner(w, req, body) {
         Ok((status, ctype, body)) => {
             let extra = if req.method == Method::Options {
                 PREFLIGHT_HEADERS
             } else {
                 ""
             };
-            (
-                status,
-                http::response(status, ctype, &body, keep_alive, cors, origin, extra),
-            )
+            if body.len() > COPIED_BODY_BYTES {
+                let mut out = BytesMut::with_capacity(256);
+                http::response_head(
+                    &mut out,
+                    status,
+                    ctype,
+                    body.len(),
+                    keep_alive,
+                    cors,
+                    origin,
+                    extra,
+                );
+                (status, out, if head_only { Bytes::new() } else { body })
+            } else {
+                let out = http::response(status, ctype, &body, keep_alive, cors, origin, extra);
+                (status, out, Bytes::new())
+            }
         }
         Err((status, msg)) => (
             status,
             http::error_response(status, msg, keep_alive, cors, origin),
+            Bytes::new(),
         ),
     };
     metrics::http_response(status);
-    if req.method == Method::Head {
-        http::head_only(out)
+    if head_only {
+        (http::head_only(out), body)
     } else {
-        out
+        (out, body)
     }
 }
 
