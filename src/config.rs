@@ -118,6 +118,8 @@ struct RawServer {
     replay: Spanned<usize>,
     max_body_bytes: usize,
     cors_origins: Vec<String>,
+    topic_idle_s: u32,
+    max_topics_per_key: u32,
 }
 
 impl Default for RawServer {
@@ -133,6 +135,8 @@ impl Default for RawServer {
             replay: Spanned::new(0..0, 1024),
             max_body_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
+            topic_idle_s: 300,
+            max_topics_per_key: 1000,
         }
     }
 }
@@ -427,6 +431,12 @@ pub struct Settings {
     pub max_events: u32,
     pub replay: usize,
     pub max_body_bytes: usize,
+    /// A topic with no subscribers, no rows and no update for this long is
+    /// freed (0: never).
+    pub topic_idle_s: u32,
+    /// Most topics holding nothing that one key (or all anonymous clients
+    /// together) may have made by reading them (0: no cap).
+    pub max_topics_per_key: u32,
     pub cors: Cors,
     pub auth_required: bool,
     pub anonymous_tier: usize,
@@ -773,6 +783,8 @@ fn validate(src: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
         max_events: s.max_events,
         replay: s.replay.into_inner(),
         max_body_bytes: s.max_body_bytes,
+        topic_idle_s: s.topic_idle_s,
+        max_topics_per_key: s.max_topics_per_key,
         cors,
         auth_required: a.required,
         anonymous_tier,

@@ -37,8 +37,26 @@ pub use ring::{Entry, Read, Ring};
 pub use row::{Row, RowBuilder};
 use table::KeyedTable;
 
-/// Most topics a node keeps (a subscriber may create a topic by naming it).
+/// Most topics a node keeps: the last resort. Before it, topics that hold
+/// nothing are freed after `topic_idle_s`, and a key that only reads may
+/// have made at most `max_topics_per_key` of them.
 pub const MAX_TOPICS: usize = 100_000;
+
+/// `Topic::maker` when no reader's count holds the topic.
+const NO_MAKER: usize = usize::MAX;
+
+/// Who names a topic that may not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Maker {
+    /// A publish or a source: only [`MAX_TOPICS`] limits the topics it makes.
+    Publisher,
+    /// A read (a stream, a snapshot, a token's scope) by API key `Some(k)`
+    /// (index into `Settings::keys`) or anonymous (`None`, one count for all
+    /// anonymous clients): a topic it makes counts against
+    /// `max_topics_per_key` until something is published to it or it is
+    /// freed.
+    Reader(Option<usize>),
+}
 /// Longest topic name, in bytes (SPEC §1).
 pub const MAX_TOPIC_BYTES: usize = 200;
 
@@ -169,6 +187,12 @@ pub struct Topic {
     /// Bit w: this topic waits in worker w's inbox.
     queued: AtomicU64,
     pub subscribers: AtomicUsize,
+    /// The reader count (index into `Hub::made_empty`) this topic holds one
+    /// of while it holds nothing; `NO_MAKER` otherwise.
+    maker: AtomicUsize,
+    /// Unix ms since which the sweep has seen the topic unused (made, or
+    /// last seen with subscribers or held by a stream or a worker).
+    idle_since_ms: AtomicU64,
 }
 
 /// How a subscription starts (SPEC §2 frame 2).
@@ -212,6 +236,8 @@ impl Topic {
             interest: (0..n).map(|_| AtomicU64::new(0)).collect(),
             queued: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
+            maker: AtomicUsize::new(NO_MAKER),
+            idle_since_ms: AtomicU64::new(unix_millis()),
         };
         // The raw cadence is always on, so that `Last-Event-ID` resumes from
         // any published id (costs one encode per publish); a coalesced
@@ -610,6 +636,20 @@ impl Inbox {
     }
 }
 
+/// True when `t` is unused (only the registry holds it, no subscriber, no
+/// row) and has been for `idle_ms`, with no update in that time either. A
+/// topic found in use is marked as seen in use now.
+fn reclaimable(t: &Arc<Topic>, now_ms: u64, idle_ms: u64) -> bool {
+    // Relaxed: a gauge; the Arc count decides, under the registry lock.
+    let (seq, rows) = t.stats();
+    if Arc::strong_count(t) > 1 || t.subscribers.load(Ordering::Relaxed) > 0 || rows > 0 {
+        t.idle_since_ms.store(now_ms, Ordering::Relaxed);
+        return false;
+    }
+    let last = t.idle_since_ms.load(Ordering::Relaxed).max(seq / 1000);
+    now_ms >= last.saturating_add(idle_ms)
+}
+
 /// Why a topic name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicError {
@@ -619,6 +659,9 @@ pub enum TopicError {
     NotFound,
     /// The node holds `MAX_TOPICS` topics (503).
     TooMany,
+    /// The reader has made `max_topics_per_key` topics that hold nothing
+    /// (503 until some are freed or published to).
+    KeyCap,
 }
 
 /// All topics of the node, and the workers' inboxes.
@@ -639,6 +682,10 @@ pub struct Hub {
     /// Open SSE streams per key (index into `Settings::keys`), for the keys'
     /// `max_connections` across every worker.
     key_streams: Box<[AtomicU32]>,
+    /// Per key, then one for anonymous clients: topics made by reading that
+    /// hold nothing yet (`max_topics_per_key`). Incremented under the
+    /// registry's write lock, decremented by the first publish or the sweep.
+    made_empty: Box<[AtomicU32]>,
 }
 
 impl Hub {
@@ -654,6 +701,9 @@ impl Hub {
             streams: AtomicUsize::new(0),
             workers_up: AtomicUsize::new(0),
             key_streams: (0..settings.keys.len())
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+            made_empty: (0..=settings.keys.len())
                 .map(|_| AtomicU32::new(0))
                 .collect(),
             settings,
@@ -692,8 +742,14 @@ impl Hub {
     }
 
     /// The topic of that name, made on first use if a `[[topics]]` pattern
-    /// matches it.
+    /// matches it (by a publisher: only the node cap applies).
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
+        self.topic_for(name, Maker::Publisher)
+    }
+
+    /// The topic of that name, made on first use by `maker` if a
+    /// `[[topics]]` pattern matches it.
+    pub fn topic_for(&self, name: &str, maker: Maker) -> Result<Arc<Topic>, TopicError> {
         if let Some(t) = self
             .topics
             .read()
@@ -710,12 +766,48 @@ impl Hub {
         if let Some(t) = map.get(name) {
             return Ok(t.clone());
         }
+        let count = match maker {
+            Maker::Publisher => None,
+            Maker::Reader(key) => {
+                let slot = key.unwrap_or(self.settings.keys.len());
+                let max = self.settings.max_topics_per_key;
+                // Relaxed: increments happen under the write lock held here;
+                // a racing decrement only makes room.
+                if max != 0 && self.made_empty[slot].load(Ordering::Relaxed) >= max {
+                    return Err(TopicError::KeyCap);
+                }
+                Some(slot)
+            }
+        };
         if map.len() >= MAX_TOPICS {
             return Err(TopicError::TooMany);
         }
         let t = Arc::new(Topic::new(name, rule, &self.settings));
+        if let Some(slot) = count {
+            self.made_empty[slot].fetch_add(1, Ordering::Relaxed);
+            t.maker.store(slot, Ordering::Relaxed);
+        }
         map.insert(name.into(), t.clone());
         Ok(t)
+    }
+
+    /// Takes `topic` off its maker's count of topics that hold nothing.
+    fn uncount_maker(&self, topic: &Topic) {
+        // Relaxed load first: a publish to a topic no reader made (most of
+        // them) costs one plain load. The swap makes exactly one caller
+        // decrement.
+        if topic.maker.load(Ordering::Relaxed) != NO_MAKER {
+            let slot = topic.maker.swap(NO_MAKER, Ordering::Relaxed);
+            if slot != NO_MAKER {
+                self.made_empty[slot].fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Topics that holding nothing count against reader `key`'s (`None`:
+    /// anonymous) `max_topics_per_key`.
+    pub fn made_empty(&self, key: Option<usize>) -> u32 {
+        self.made_empty[key.unwrap_or(self.settings.keys.len())].load(Ordering::Relaxed)
     }
 
     /// Every topic, sorted by name (for `GET /v1/topics`).
@@ -733,6 +825,7 @@ impl Hub {
 
     /// Publishes one update of `rows` (k ≥ 1) and returns its sequence id.
     pub fn publish(&self, topic: &Arc<Topic>, rows: Vec<Row>) -> u64 {
+        self.uncount_maker(topic);
         let (seq, pushed, mut newly_dirty) = topic.publish(rows);
         while newly_dirty != 0 {
             let c = newly_dirty.trailing_zeros() as usize;
@@ -787,9 +880,23 @@ impl Hub {
         }
     }
 
-    /// Once a second (the coalescer thread): drops encoded initial states
-    /// that no stream or response holds any more.
-    pub fn sweep(&self, _now_ms: u64) {
+    /// Once a second (the coalescer thread, `now_ms` its clock): drops
+    /// encoded initial states that no stream or response holds any more, and
+    /// frees every topic that has had no subscribers, no rows and no update
+    /// for `topic_idle_s`.
+    ///
+    /// Never on a publish or subscribe path: it takes the registry's read
+    /// lock and each topic's lock once, then the write lock only when some
+    /// topic is to go. A topic goes only while nothing but the registry
+    /// holds it (its `Arc` count is 1 under the write lock, so no stream,
+    /// worker, queue or request can be using it or clone it meanwhile).
+    ///
+    /// Ids stay increasing across a topic's reclaim: a topic goes only when
+    /// its last id (`max(previous + 1, unix µs)`) is `topic_idle_s` old by
+    /// the clock, and the topic made again starts from the clock.
+    pub fn sweep(&self, now_ms: u64) {
+        let idle_ms = u64::from(self.settings.topic_idle_s) * 1000;
+        let mut idle = Vec::new();
         for t in self
             .topics
             .read()
@@ -797,6 +904,21 @@ impl Hub {
             .values()
         {
             t.release_unused_states();
+            if idle_ms != 0 && reclaimable(t, now_ms, idle_ms) {
+                idle.push(t.name.clone());
+            }
+        }
+        if idle.is_empty() {
+            return;
+        }
+        let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        for name in idle {
+            let still = map
+                .get(&name)
+                .is_some_and(|t| reclaimable(t, now_ms, idle_ms));
+            if still && let Some(t) = map.remove(&name) {
+                self.uncount_maker(&t);
+            }
         }
     }
 
@@ -959,6 +1081,84 @@ mod tests {
         // and it was built for the raw cadence, whose streams share it
         let raw = fresh(t.start(0, None, None));
         assert!(raw.as_ptr_range().contains(&snap.as_ptr()));
+    }
+
+    fn topic_names(h: &Hub) -> Vec<String> {
+        h.topics().iter().map(|t| t.name.to_string()).collect()
+    }
+
+    #[test]
+    fn the_sweep_frees_only_topics_unused_empty_and_idle() {
+        let s = Settings::from_toml(
+            "[server]\nworkers = 1\ntopic_idle_s = 10\n[[topics]]\npattern = \"k/*\"\nkey = [\"id\"]\n\
+             [[topics]]\npattern = \"l/*\"\nhistory = 0\n",
+        )
+        .unwrap();
+        let h = Hub::new(Arc::new(s));
+        let now = unix_millis();
+        h.topic("k/empty").unwrap();
+        let t = h.topic("k/rows").unwrap();
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        drop(t);
+        let held = h.topic("k/held").unwrap();
+        h.topic("k/subscribed")
+            .unwrap()
+            .subscribers
+            .fetch_add(1, Ordering::Relaxed);
+        // keyless without history: updates, yet no rows
+        let t = h.topic("l/updated").unwrap();
+        let id = h.publish(&t, vec![row("{}", None)]);
+        drop(t);
+        h.sweep(now + 9_000);
+        assert_eq!(topic_names(&h).len(), 5, "nothing is idle for 10 s yet");
+        h.sweep(now + 11_000);
+        assert_eq!(topic_names(&h), ["k/held", "k/rows", "k/subscribed"]);
+        // seen in use at 11 s: idle from then on
+        drop(held);
+        h.sweep(now + 12_000);
+        assert_eq!(topic_names(&h).len(), 3);
+        h.sweep(now + 21_000);
+        assert_eq!(topic_names(&h), ["k/rows", "k/subscribed"]);
+        // a topic made again goes on with later ids
+        let t = h.topic("l/updated").unwrap();
+        assert!(h.publish(&t, vec![row("{}", None)]) > id);
+    }
+
+    #[test]
+    fn a_reader_makes_at_most_max_topics_per_key_topics_that_hold_nothing() {
+        let s = Settings::from_toml(
+            "[server]\nworkers = 1\nmax_topics_per_key = 2\ntopic_idle_s = 10\n\
+             [[keys]]\nname = \"r\"\nkey = \"k_r\"\ntier = \"scale\"\n\
+             [[topics]]\npattern = \"k/*\"\nkey = [\"id\"]\n",
+        )
+        .unwrap();
+        let h = Hub::new(Arc::new(s));
+        let reader = Maker::Reader(Some(0));
+        h.topic_for("k/1", reader).unwrap();
+        h.topic_for("k/2", reader).unwrap();
+        assert_eq!(h.topic_for("k/3", reader).err(), Some(TopicError::KeyCap));
+        assert!(
+            h.topic_for("k/1", reader).is_ok(),
+            "reading a topic that exists"
+        );
+        assert!(
+            h.topic_for("k/a", Maker::Reader(None)).is_ok(),
+            "anonymous has its own count"
+        );
+        assert!(h.topic_for("k/p", Maker::Publisher).is_ok());
+        assert_eq!((h.made_empty(Some(0)), h.made_empty(None)), (2, 1));
+        // a publish makes k/1 hold something: it no longer counts
+        let t = h.topic("k/1").unwrap();
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        drop(t);
+        assert_eq!(h.made_empty(Some(0)), 1);
+        h.topic_for("k/3", reader).unwrap();
+        assert_eq!(h.topic_for("k/4", reader).err(), Some(TopicError::KeyCap));
+        // freed topics no longer count
+        h.sweep(unix_millis() + 11_000);
+        assert_eq!((h.made_empty(Some(0)), h.made_empty(None)), (0, 0));
+        assert_eq!(topic_names(&h), ["k/1"]);
+        h.topic_for("k/4", reader).unwrap();
     }
 
     #[test]

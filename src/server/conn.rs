@@ -22,7 +22,7 @@ use monoio::net::TcpStream;
 use crate::auth::{AuthError, Principal, Role, find_credential};
 use crate::config::fill;
 use crate::hub::filter::Clause;
-use crate::hub::{Filter, Start, Topic, TopicError};
+use crate::hub::{Filter, Maker, Start, Topic, TopicError};
 use crate::metrics;
 use crate::server::chunked::{ChunkError, ChunkedDecoder, Progress};
 use crate::server::http::{self, HttpError, Method, Request};
@@ -429,7 +429,7 @@ fn route_inner(w: &Worker, req: &Request, body: Vec<u8>) -> Routed {
     if let Some(topic) = path.strip_prefix("/v1/snapshot/") {
         method(req, Method::Get)?;
         let principal = authenticate(w, req)?;
-        let topic = lookup_topic(w, topic)?;
+        let topic = lookup_topic(w, topic, Maker::Reader(principal.key()))?;
         allowed(w, &principal, &topic.name)?;
         let filter = row_filter(&topic, req, &[])?;
         return Ok((
@@ -518,7 +518,7 @@ fn publish_target(
         }
         Principal::Key(_) => {}
     }
-    let topic = lookup_topic(w, topic)?;
+    let topic = lookup_topic(w, topic, Maker::Publisher)?;
     allowed(w, &principal, &topic.name)?;
     Ok(topic)
 }
@@ -549,7 +549,7 @@ fn stream_token(w: &Worker, req: &Request, mut body: Vec<u8>) -> Routed {
             None => {}
             Some(t) => {
                 let t = t.as_str().ok_or((400, "topic must be a string"))?;
-                let topic = lookup_topic(w, t)?;
+                let topic = lookup_topic(w, t, Maker::Reader(Some(key)))?;
                 allowed(w, &Principal::Key(key), &topic.name)?;
                 scope = Some(topic.name.to_string());
             }
@@ -682,11 +682,15 @@ fn authenticate(w: &Worker, req: &Request) -> Result<Principal, (u16, &'static s
         .map_err(|e: AuthError| (401, e.message()))
 }
 
-fn lookup_topic(w: &Worker, name: &str) -> Result<Arc<Topic>, (u16, &'static str)> {
-    w.hub.topic(name).map_err(|e| match e {
+fn lookup_topic(w: &Worker, name: &str, maker: Maker) -> Result<Arc<Topic>, (u16, &'static str)> {
+    w.hub.topic_for(name, maker).map_err(|e| match e {
         TopicError::Invalid => (400, "invalid topic name"),
         TopicError::NotFound => (404, "no such topic"),
         TopicError::TooMany => (503, "too many topics on this node"),
+        TopicError::KeyCap => (
+            503,
+            "this key has made too many topics that hold nothing; try again later",
+        ),
     })
 }
 
@@ -753,7 +757,7 @@ async fn stream_sse(
         }
         let target = target?;
         let principal = authenticate(&w, &req)?;
-        let topic = lookup_topic(&w, &target.topic)?;
+        let topic = lookup_topic(&w, &target.topic, Maker::Reader(principal.key()))?;
         let tier = allowed(&w, &principal, &topic.name)?;
         let filter = row_filter(&topic, &req, &target.fixed)?;
         let (heartbeat_s, last_id) = stream_params(&w, &req)?;
