@@ -527,10 +527,16 @@ impl Topic {
         let Some(f) = filter else {
             return Some(e.frame.clone());
         };
-        let kept = e.rows.iter().filter(|r| f.passes(r)).count();
-        if kept == 0 {
+        // Each row is tested once (the frame builder walks its rows twice).
+        let kept: Vec<&[u8]> = e
+            .rows
+            .iter()
+            .filter(|r| f.passes(r))
+            .map(Row::json)
+            .collect();
+        if kept.is_empty() {
             None
-        } else if kept == e.rows.len() {
+        } else if kept.len() == e.rows.len() {
             Some(e.frame.clone())
         } else {
             Some(sse::update_frame(
@@ -538,7 +544,7 @@ impl Topic {
                 &self.name,
                 e.seq,
                 e.ts_ms,
-                e.rows.iter().filter(|r| f.passes(r)).map(Row::json),
+                kept.iter().copied(),
             ))
         }
     }

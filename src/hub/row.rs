@@ -7,16 +7,18 @@
 //!
 //! ```text
 //! varint H | header (H bytes) | json
-//! header  = varint T, varint nkey, nkey × desc, varint nfields, nfields × desc,
-//!           inline texts (T bytes)
+//! header  = varint T, varint nfields, nfields × desc, varint nkey, nkey × desc,
+//!           inline texts (T bytes, in descriptor order)
 //! desc    = 0 (field absent) | varint 1 + (len << 1 | inline) [varint offset]
 //! ```
 //!
 //! A field whose text appears verbatim in the JSON (a number, `true`, a
 //! string with nothing to escape: almost every key) is an `offset` into it; a
 //! field whose text differs from its JSON form (a string with escapes) is
-//! `inline`: its text follows the descriptors, in field order. So a row of a
-//! topic keyed by `id` with no filters costs 16 + ~6 + its JSON bytes.
+//! `inline`: its text follows the descriptors. So a row of a topic keyed by
+//! `id` with no filters costs 16 + ~6 + its JSON bytes. Filter fields come
+//! first: filters read them per row per filtered group and frame, keys are
+//! read once per publish.
 //!
 //! Key semantics (see [`super::row_key`]): a key is the tuple of its fields'
 //! texts. [`Row::same_key`] and [`Row::hash_key`] compare and hash that
@@ -24,7 +26,7 @@
 //! injective `row_key` encoding without building it.
 //!
 //! Cold to build (once per published row, never per connection); `json()` is
-//! read per row per encoded frame, in O(1).
+//! read per row per encoded frame in O(1), `field(i)` in O(i).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -42,7 +44,7 @@ enum Desc {
         offset: usize,
         len: usize,
     },
-    /// The next `len` bytes of the builder's texts.
+    /// The next `len` bytes of the builder's texts of its kind.
     Inline {
         len: usize,
     },
@@ -57,8 +59,25 @@ pub struct RowBuilder {
     pub json: Vec<u8>,
     keys: Vec<Desc>,
     fields: Vec<Desc>,
-    texts: Vec<u8>,
+    key_texts: Vec<u8>,
+    field_texts: Vec<u8>,
+    head: Vec<u8>,
     out: Vec<u8>,
+}
+
+/// `d` for `text`: an offset when the JSON holds `text` at `at`, else inline
+/// (appended to `texts`).
+fn desc(json: &[u8], texts: &mut Vec<u8>, text: &[u8], at: Option<usize>) -> Desc {
+    if let Some(offset) = at
+        && json.get(offset..offset.saturating_add(text.len())) == Some(text)
+    {
+        return Desc::InJson {
+            offset,
+            len: text.len(),
+        };
+    }
+    texts.extend_from_slice(text);
+    Desc::Inline { len: text.len() }
 }
 
 impl RowBuilder {
@@ -71,33 +90,21 @@ impl RowBuilder {
         self.json.clear();
         self.keys.clear();
         self.fields.clear();
-        self.texts.clear();
-    }
-
-    fn desc(&mut self, text: &[u8], at: Option<usize>) -> Desc {
-        if let Some(offset) = at
-            && self.json.get(offset..offset.saturating_add(text.len())) == Some(text)
-        {
-            return Desc::InJson {
-                offset,
-                len: text.len(),
-            };
-        }
-        self.texts.extend_from_slice(text);
-        Desc::Inline { len: text.len() }
+        self.key_texts.clear();
+        self.field_texts.clear();
     }
 
     /// Adds the next key field: its text, and where in the JSON it may
     /// appear verbatim (checked; copied inline when it does not).
     pub fn key_field(&mut self, text: &[u8], at: Option<usize>) {
-        let d = self.desc(text, at);
+        let d = desc(&self.json, &mut self.key_texts, text, at);
         self.keys.push(d);
     }
 
     /// Adds the next filter field (`None`: the row lacks it).
     pub fn filter_field(&mut self, text: Option<&[u8]>, at: Option<usize>) {
         let d = match text {
-            Some(t) => self.desc(t, at),
+            Some(t) => desc(&self.json, &mut self.field_texts, t, at),
             None => Desc::Absent,
         };
         self.fields.push(d);
@@ -105,27 +112,27 @@ impl RowBuilder {
 
     /// The row, in one allocation of exactly its size.
     pub fn finish(&mut self) -> Row {
-        let mut head = Vec::new();
-        std::mem::swap(&mut head, &mut self.out);
+        let head = &mut self.head;
         head.clear();
-        put_varint(&mut head, self.texts.len());
-        put_varint(&mut head, self.keys.len());
-        for d in &self.keys {
-            put_desc(&mut head, *d);
-        }
-        put_varint(&mut head, self.fields.len());
+        put_varint(head, self.field_texts.len() + self.key_texts.len());
+        put_varint(head, self.fields.len());
         for d in &self.fields {
-            put_desc(&mut head, *d);
+            put_desc(head, *d);
         }
-        head.extend_from_slice(&self.texts);
-        let mut buf = Vec::with_capacity(head.len() + 10 + self.json.len());
-        put_varint(&mut buf, head.len());
-        buf.extend_from_slice(&head);
-        buf.extend_from_slice(&self.json);
-        self.out = head;
+        put_varint(head, self.keys.len());
+        for d in &self.keys {
+            put_desc(head, *d);
+        }
+        head.extend_from_slice(&self.field_texts);
+        head.extend_from_slice(&self.key_texts);
+        let out = &mut self.out;
+        out.clear();
+        put_varint(out, head.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(&self.json);
         // `Arc<[u8]>::from(&[u8])` allocates exactly the slice (plus the
-        // counts) and copies it; `buf` is scratch.
-        Row(Arc::from(&buf[..]))
+        // counts) and copies it; `out` is scratch.
+        Row(Arc::from(&out[..]))
     }
 }
 
@@ -136,7 +143,7 @@ fn put_desc(out: &mut Vec<u8>, d: Desc) {
             put_varint(out, 1 + (len << 1));
             put_varint(out, offset);
         }
-        Desc::Inline { len, .. } => put_varint(out, 1 + ((len << 1) | 1)),
+        Desc::Inline { len } => put_varint(out, 1 + ((len << 1) | 1)),
     }
 }
 
@@ -150,9 +157,15 @@ fn put_varint(out: &mut Vec<u8>, mut n: usize) {
 
 /// Reads a varint written by `put_varint` at `*at`. Rows are only built by
 /// `RowBuilder`, so the bytes are always well formed.
+#[inline]
 fn varint(buf: &[u8], at: &mut usize) -> usize {
-    let mut n = 0usize;
-    let mut shift = 0;
+    let b = buf[*at];
+    *at += 1;
+    if b < 0x80 {
+        return usize::from(b);
+    }
+    let mut n = usize::from(b & 0x7f);
+    let mut shift = 7;
     loop {
         let b = buf[*at];
         *at += 1;
@@ -178,6 +191,7 @@ pub struct Texts<'a> {
 impl<'a> Iterator for Texts<'a> {
     type Item = Option<&'a [u8]>;
 
+    #[inline]
     fn next(&mut self) -> Option<Option<&'a [u8]>> {
         if self.left == 0 {
             return None;
@@ -203,31 +217,42 @@ impl Row {
     /// A row from its parts, every field inline (tests, the bench, sources
     /// that already hold the texts).
     pub fn new(json: &[u8], key: &[&str], fields: &[Option<&str>]) -> Row {
-        let mut b = RowBuilder::new();
-        b.json.extend_from_slice(json);
-        for k in key {
-            b.key_field(k.as_bytes(), None);
-        }
+        let texts = fields.iter().flatten().chain(key).map(|t| t.len());
+        let mut head = Vec::with_capacity(32 + texts.clone().sum::<usize>());
+        put_varint(&mut head, texts.sum());
+        put_varint(&mut head, fields.len());
         for f in fields {
-            b.filter_field(f.map(str::as_bytes), None);
+            put_desc(
+                &mut head,
+                f.map_or(Desc::Absent, |t| Desc::Inline { len: t.len() }),
+            );
         }
-        b.finish()
+        put_varint(&mut head, key.len());
+        for k in key {
+            put_desc(&mut head, Desc::Inline { len: k.len() });
+        }
+        for t in fields.iter().flatten().chain(key) {
+            head.extend_from_slice(t.as_bytes());
+        }
+        let mut out = Vec::with_capacity(10 + head.len() + json.len());
+        put_varint(&mut out, head.len());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(json);
+        Row(Arc::from(&out[..]))
     }
 
-    /// Where the header's descriptors and the JSON start, and the texts'
-    /// length.
-    fn split(&self) -> (usize, usize, usize) {
+    /// Where the JSON starts.
+    #[inline]
+    fn json_start(&self) -> (usize, usize) {
         let mut at = 0;
         let h = varint(&self.0, &mut at);
-        let json = at + h;
-        let t = varint(&self.0, &mut at);
-        (at, json, t)
+        (at, at + h)
     }
 
     /// The row's compact JSON.
+    #[inline]
     pub fn json(&self) -> &[u8] {
-        let (_, json, _) = self.split();
-        &self.0[json..]
+        &self.0[self.json_start().1..]
     }
 
     /// Bytes this row holds on the heap (its allocation with its counts).
@@ -235,9 +260,11 @@ impl Row {
         self.0.len() + 2 * std::mem::size_of::<usize>()
     }
 
-    /// The texts of the key fields, in order (none for a keyless topic).
-    pub fn key_texts(&self) -> Texts<'_> {
-        let (mut at, json, t) = self.split();
+    /// The filter fields' texts, in order.
+    #[inline]
+    fn field_texts(&self) -> Texts<'_> {
+        let (mut at, json) = self.json_start();
+        let t = varint(&self.0, &mut at);
         let left = varint(&self.0, &mut at);
         Texts {
             buf: &self.0,
@@ -246,6 +273,20 @@ impl Row {
             inline_at: json - t,
             json,
         }
+    }
+
+    /// The text of filter field `i` (`None`: the row lacks it).
+    #[inline]
+    pub fn field(&self, i: usize) -> Option<&[u8]> {
+        self.field_texts().nth(i).flatten()
+    }
+
+    /// The texts of the key fields, in order (none for a keyless topic).
+    pub fn key_texts(&self) -> Texts<'_> {
+        let mut fields = self.field_texts();
+        for _ in fields.by_ref() {}
+        let left = varint(&self.0, &mut fields.at);
+        Texts { left, ..fields }
     }
 
     /// The row's state-table key in `row_key` form (`None`: keyless).
@@ -257,25 +298,6 @@ impl Row {
         ))
     }
 
-    /// The text of filter field `i` (`None`: the row lacks it).
-    pub fn field(&self, i: usize) -> Option<&[u8]> {
-        let mut keys = self.key_texts();
-        for _ in keys.by_ref() {}
-        let left = varint(&self.0, &mut keys.at);
-        Texts { left, ..keys }.nth(i).flatten()
-    }
-}
-
-impl std::fmt::Debug for Row {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Row")
-            .field("json", &String::from_utf8_lossy(self.json()))
-            .field("key", &self.key())
-            .finish()
-    }
-}
-
-impl Row {
     /// Hashes the key as the tuple of its fields' texts.
     pub fn hash_key<H: Hasher>(&self, state: &mut H) {
         for t in self.key_texts().flatten() {
@@ -287,6 +309,15 @@ impl Row {
     /// True when both rows have the same key (tuple of field texts).
     pub fn same_key(&self, other: &Row) -> bool {
         self.key_texts().eq(other.key_texts())
+    }
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Row")
+            .field("json", &String::from_utf8_lossy(self.json()))
+            .field("key", &self.key())
+            .finish()
     }
 }
 
@@ -333,7 +364,7 @@ mod tests {
         b.json.extend_from_slice(br#"{"id":123456,"v":1}"#);
         b.key_field(b"123456", Some(6));
         let r = b.finish();
-        // varint 5; header: T 0, nkey 1, desc, offset 6, nfields 0; the JSON
+        // varint 5; header: T 0, nfields 0, nkey 1, desc, offset 6; the JSON
         assert_eq!(r.0.len(), 1 + 5 + 19);
     }
 
