@@ -12,6 +12,14 @@
 //! does not step back by more than the downtime, since a new run starts from
 //! the clock. So an id from a previous run never names a different update.
 //!
+//! Memory: a row is one allocation of about its JSON's size ([`row`]); a
+//! keyed state table adds ~27 bytes per key ([`table`]); a ring keeps at most
+//! [`ring::MAX_RING_BYTES`]; an initial state is encoded once per cadence and
+//! filter while the table is unchanged and shared by every stream and
+//! snapshot ([`MAX_SHARED_STATES`]); [`Hub::sweep`] frees unused encoded
+//! states and topics idle for `topic_idle_s`, and readers make at most
+//! `max_topics_per_key` topics that hold nothing ([`Maker`]).
+//!
 //! Never touches a socket; never encodes per connection.
 
 pub mod coalesce;
