@@ -13,7 +13,7 @@
 //! the clock. So an id from a previous run never names a different update.
 //!
 //! Memory: a row is one allocation of about its JSON's size ([`row`]); a
-//! keyed state table adds ~27 bytes per key ([`table`]); a ring keeps at most
+//! keyed state table adds ~27 bytes per key (`table`); a ring keeps at most
 //! [`ring::MAX_RING_BYTES`]; an initial state is encoded once per cadence and
 //! filter while the table is unchanged and shared by every stream and
 //! snapshot ([`MAX_SHARED_STATES`]); [`Hub::sweep`] frees unused encoded

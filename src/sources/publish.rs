@@ -1,7 +1,11 @@
 //! Publish bodies (SPEC §3 `POST /v1/publish`): one JSON object, a JSON array
 //! of objects, or NDJSON, parsed once with simd-json into [`Row`]s holding
-//! each row's compact JSON bytes and its state-table key (its key fields'
-//! texts, encoded by [`row_key`] so that distinct tuples never share a key).
+//! each row's compact JSON bytes, its state-table key fields' texts (a key
+//! is their tuple, see [`crate::hub::row_key`], so that distinct tuples never
+//! share a key) and its filter fields' texts. Each row's JSON is written
+//! into a reused buffer, with simd-json's writer, noting where each value
+//! starts, so that fields can point into it ([`crate::hub::row`]); the row
+//! is then copied once into its own exact-size allocation.
 //!
 //! All or nothing: any invalid row rejects the whole body. Runs once per
 //! publish, never per connection. The demo feed publishes through here too.
