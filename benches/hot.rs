@@ -51,7 +51,7 @@ fn encode(c: &mut Criterion) {
                 "odds/basketball_nba",
                 1,
                 2,
-                black_box(&rows).iter(),
+                black_box(&rows).iter().map(|r| &r[..]),
             )
         })
     });
@@ -122,11 +122,7 @@ fn hub(tiers: &str) -> Hub {
 
 fn odds_row(i: usize, book: &str) -> Row {
     let json = row(i).replace("pinnacle", book);
-    Row {
-        json: Bytes::from(json),
-        key: Some(format!("nba-{i:03}").into()),
-        fields: Box::new([Some(book.into())]),
-    }
+    Row::new(json.as_bytes(), &[&format!("nba-{i:03}")], &[Some(book)])
 }
 
 /// The frame one filtered group sends for a 20-row ring entry of which 10
@@ -150,7 +146,7 @@ fn filter(c: &mut Criterion) {
     let json_rows: Vec<String> = entry
         .rows
         .iter()
-        .map(|r| String::from_utf8(r.json.to_vec()).unwrap())
+        .map(|r| String::from_utf8(r.json().to_vec()).unwrap())
         .collect();
     c.bench_function("filter/baseline_serde_10_of_20_rows", |b| {
         b.iter(|| {

@@ -12,32 +12,24 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// The JSON of an initial state (also the body of `GET /v1/snapshot`).
-pub fn initial_state_json<'a>(
-    out: &mut BytesMut,
-    topic: &str,
-    ts_ms: u64,
-    rows: impl Iterator<Item = &'a Bytes> + Clone,
-) {
-    let (count, _) = measure(rows.clone());
-    body(out, "initial_state", topic, ts_ms, count, rows);
-}
-
-/// `event: initial_state` with `id: SEQ`.
+/// `event: initial_state` with `id: SEQ`, and where its JSON (the body of
+/// `GET /v1/snapshot`) lies in it, so that one buffer serves both.
 pub fn initial_state_frame<'a>(
     topic: &str,
     seq: u64,
     ts_ms: u64,
-    rows: impl Iterator<Item = &'a Bytes> + Clone,
-) -> Bytes {
+    rows: impl Iterator<Item = &'a [u8]> + Clone,
+) -> (Bytes, std::ops::Range<usize>) {
     let (count, len) = measure(rows.clone());
     let mut out = BytesMut::with_capacity(96 + topic.len() + len);
     out.put_slice(b"event: initial_state\nid: ");
     put_u64(&mut out, seq);
     out.put_slice(b"\ndata: ");
+    let start = out.len();
     body(&mut out, "initial_state", topic, ts_ms, count, rows);
+    let end = out.len();
     out.put_slice(b"\n\n");
-    out.freeze()
+    (out.freeze(), start..end)
 }
 
 /// An update frame: `event: NAME`, `id: SEQ`, the rows' pre-encoded bytes
@@ -47,7 +39,7 @@ pub fn update_frame<'a>(
     topic: &str,
     seq: u64,
     ts_ms: u64,
-    rows: impl Iterator<Item = &'a Bytes> + Clone,
+    rows: impl Iterator<Item = &'a [u8]> + Clone,
 ) -> Bytes {
     let (count, len) = measure(rows.clone());
     let mut out = BytesMut::with_capacity(96 + event.len() * 2 + topic.len() + len);
@@ -62,7 +54,7 @@ pub fn update_frame<'a>(
 }
 
 /// Number of rows and their bytes with separators.
-fn measure<'a>(rows: impl Iterator<Item = &'a Bytes>) -> (usize, usize) {
+fn measure<'a>(rows: impl Iterator<Item = &'a [u8]>) -> (usize, usize) {
     rows.fold((0, 0), |(n, len), r| (n + 1, len + r.len() + 1))
 }
 
@@ -72,7 +64,7 @@ fn body<'a>(
     topic: &str,
     ts_ms: u64,
     count: usize,
-    rows: impl Iterator<Item = &'a Bytes>,
+    rows: impl Iterator<Item = &'a [u8]>,
 ) {
     out.put_slice(b"{\"type\":\"");
     out.put_slice(kind.as_bytes());
@@ -254,7 +246,13 @@ mod tests {
             Bytes::from_static(br#"{"a":1}"#),
             Bytes::from_static(br#"{"a":2}"#),
         ];
-        let f = update_frame("odds_update", "odds/nba", 42, 1700, rows.iter());
+        let f = update_frame(
+            "odds_update",
+            "odds/nba",
+            42,
+            1700,
+            rows.iter().map(|r| &r[..]),
+        );
         assert_eq!(
             &f[..],
             b"event: odds_update\nid: 42\ndata: {\"type\":\"odds_update\",\"topic\":\"odds/nba\",\"count\":2,\"timestamp\":1700,\"data\":[{\"a\":1},{\"a\":2}]}\n\n"
@@ -263,10 +261,14 @@ mod tests {
 
     #[test]
     fn initial_state_of_nothing() {
-        let f = initial_state_frame("t", 0, 5, [].iter());
+        let (f, body) = initial_state_frame("t", 0, 5, std::iter::empty());
         assert_eq!(
             &f[..],
             b"event: initial_state\nid: 0\ndata: {\"type\":\"initial_state\",\"topic\":\"t\",\"count\":0,\"timestamp\":5,\"data\":[]}\n\n"
+        );
+        assert_eq!(
+            &f[body],
+            b"{\"type\":\"initial_state\",\"topic\":\"t\",\"count\":0,\"timestamp\":5,\"data\":[]}"
         );
     }
 

@@ -129,6 +129,8 @@ struct RawServer {
     max_pending_connections: usize,
     max_pending_per_ip: usize,
     sndbuf_bytes: usize,
+    topic_idle_s: u32,
+    max_topics_per_key: u32,
     admin_listen: Option<Spanned<String>>,
 }
 
@@ -152,6 +154,8 @@ impl Default for RawServer {
             max_pending_connections: 4096,
             max_pending_per_ip: 256,
             sndbuf_bytes: 128 * 1024,
+            topic_idle_s: 300,
+            max_topics_per_key: 1000,
             admin_listen: None,
         }
     }
@@ -656,6 +660,12 @@ pub struct Settings {
     pub max_pending_per_ip: usize,
     /// SO_SNDBUF of client sockets (0: the kernel's autotuning).
     pub sndbuf_bytes: usize,
+    /// A topic with no subscribers, no rows and no update for this long is
+    /// freed (0: never).
+    pub topic_idle_s: u32,
+    /// Most topics holding nothing that one key (or all anonymous clients
+    /// together) may have made by reading them (0: no cap).
+    pub max_topics_per_key: u32,
     /// Where `/metrics`, `/healthz`, `/v1/topics` and `/v1/usage` are
     /// served apart from `listen` (which then serves no `/metrics`).
     pub admin_listen: Option<SocketAddr>,
@@ -1149,6 +1159,8 @@ fn validate(
         max_pending_connections: s.max_pending_connections,
         max_pending_per_ip: s.max_pending_per_ip,
         sndbuf_bytes: s.sndbuf_bytes,
+        topic_idle_s: s.topic_idle_s,
+        max_topics_per_key: s.max_topics_per_key,
         admin_listen,
         max_duration_s: s.max_duration_s,
         max_events: s.max_events,

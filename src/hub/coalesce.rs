@@ -6,7 +6,9 @@
 //! Cold module: it runs `Hub::flush_cadence` once per tick, which builds one
 //! frame per changed topic (not per subscriber, not per update). The clock is
 //! injected (`Coalescer::run_due(now_ms)`), so tests drive it without sleeps;
-//! [`spawn`] runs it on its own thread against the real clock.
+//! [`spawn`] runs it on its own thread against the real clock, with the
+//! hub's once-a-second sweep (`Hub::sweep`: unused encoded states, idle
+//! topics) between ticks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,11 +46,6 @@ impl Coalescer {
         self.known = self.known.max(cadences.len());
     }
 
-    /// True when some tier coalesces (otherwise there is nothing to run).
-    pub fn has_work(&self) -> bool {
-        !self.due.is_empty()
-    }
-
     /// Flushes every cadence whose tick has come, and returns when the next
     /// tick is due (unix ms).
     pub fn run_due(&mut self, hub: &Hub, now_ms: u64) -> u64 {
@@ -71,20 +68,30 @@ fn next_tick(now_ms: u64, interval_ms: u64) -> u64 {
     (now_ms / interval_ms + 1) * interval_ms
 }
 
+/// Milliseconds between two runs of `Hub::sweep`.
+pub const SWEEP_MS: u64 = 1000;
+
 /// Runs the coalescer on its own thread until the hub drains. It runs even
-/// when no tier coalesces yet, since a reload may add one (it then wakes
-/// every 100 ms and does nothing else).
+/// when no tier coalesces yet, since a reload may add one, and the same
+/// thread runs the hub's once-a-second sweep.
 pub fn spawn(hub: Arc<Hub>) -> std::io::Result<std::thread::JoinHandle<()>> {
     let mut co = Coalescer::new(&hub.cadences(), unix_millis());
     std::thread::Builder::new()
         .name("sluice-coalesce".into())
         .spawn(move || {
+            let mut next_sweep = unix_millis() + SWEEP_MS;
             while !hub.is_draining() {
                 if crate::fault::injected("coalescer") {
                     panic!("injected fault (SLUICE_TEST_PANIC=coalescer)");
                 }
                 co.extend(&hub.cadences(), unix_millis());
-                let next = co.run_due(&hub, unix_millis());
+                let now = unix_millis();
+                let mut next = co.run_due(&hub, now);
+                if now >= next_sweep {
+                    hub.sweep(now);
+                    next_sweep = now + SWEEP_MS;
+                }
+                next = next.min(next_sweep);
                 let wait = next.saturating_sub(unix_millis());
                 std::thread::sleep(Duration::from_millis(wait.clamp(1, 100)));
             }
@@ -96,7 +103,6 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::hub::{Read, Row, Start};
-    use bytes::Bytes;
 
     fn hub() -> Hub {
         let s = Settings::from_toml(
@@ -110,11 +116,11 @@ mod tests {
     }
 
     fn row(id: u32, v: u32) -> Row {
-        Row {
-            json: Bytes::from(format!("{{\"id\":{id},\"v\":{v}}}")),
-            key: Some(id.to_string().into()),
-            fields: Box::new([]),
-        }
+        Row::new(
+            format!("{{\"id\":{id},\"v\":{v}}}").as_bytes(),
+            &[&id.to_string()],
+            &[],
+        )
     }
 
     fn frames(hub: &Hub, name: &str, c: usize) -> Vec<String> {

@@ -12,6 +12,8 @@
 //! Hot for [`Filter::passes`]: runs once per row per filtered group per frame,
 //! never per connection; compares bytes, allocates nothing.
 
+use super::Row;
+
 /// Most values one filter parameter may list.
 pub const MAX_FILTER_VALUES: usize = 64;
 /// Longest filter value, in bytes.
@@ -30,10 +32,10 @@ impl Value {
         }
     }
 
-    fn matches(&self, v: &str) -> bool {
+    fn matches(&self, v: &[u8]) -> bool {
         match self {
-            Value::Exact(e) => **e == *v,
-            Value::Prefix(p) => v.starts_with(&**p),
+            Value::Exact(e) => e.as_bytes() == v,
+            Value::Prefix(p) => v.starts_with(p.as_bytes()),
         }
     }
 }
@@ -126,28 +128,26 @@ impl Filter {
         })
     }
 
-    /// True when a row with these filter-field values passes.
-    pub fn passes(&self, fields: &[Option<Box<str>>]) -> bool {
+    /// True when `row` passes.
+    pub fn passes(&self, row: &Row) -> bool {
         self.clauses.iter().all(|c| {
-            fields
-                .get(c.field)
-                .and_then(|f| f.as_deref())
+            row.field(c.field)
                 .is_some_and(|v| c.values.iter().any(|want| want.matches(v)))
         })
     }
 }
 
-/// True when `filter` (if any) lets a row through.
-pub fn passes(filter: Option<&Filter>, fields: &[Option<Box<str>>]) -> bool {
-    filter.is_none_or(|f| f.passes(fields))
+/// True when `filter` (if any) lets `row` through.
+pub fn passes(filter: Option<&Filter>, row: &Row) -> bool {
+    filter.is_none_or(|f| f.passes(row))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn fields(v: &[Option<&str>]) -> Vec<Option<Box<str>>> {
-        v.iter().map(|x| x.map(Into::into)).collect()
+    fn fields(v: &[Option<&str>]) -> Row {
+        Row::new(b"{}", &[], v)
     }
 
     #[test]

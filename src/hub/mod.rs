@@ -14,21 +14,30 @@
 //! With `[cluster]`, ids come from the JetStream log instead
 //! ([`Hub::publish_with_id`], `cluster`), the same on every node.
 //!
+//! Memory: a row is one allocation of about its JSON's size ([`row`]); a
+//! keyed state table adds ~27 bytes per key (`table`); a ring keeps at most
+//! [`ring::MAX_RING_BYTES`]; an initial state is encoded once per cadence and
+//! filter while the table is unchanged and shared by every stream and
+//! snapshot ([`MAX_SHARED_STATES`]); [`Hub::sweep`] frees unused encoded
+//! states and topics idle for `topic_idle_s`, and readers make at most
+//! `max_topics_per_key` topics that hold nothing ([`Maker`]).
+//!
 //! Never touches a socket; never encodes per connection.
 
 pub mod coalesce;
 pub mod filter;
 pub mod ring;
+pub mod row;
 pub mod row_key;
+mod table;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use indexmap::IndexMap;
 
 pub use crate::config::values::{MAX_TOPIC_BYTES, topic_name_is_valid};
 use crate::config::{MAX_CADENCES, Settings, TopicRule};
@@ -36,39 +45,44 @@ use crate::sse;
 use crate::time::{unix_micros, unix_millis};
 pub use filter::Filter;
 pub use ring::{Entry, Read, Ring};
+pub use row::{Row, RowBuilder};
+use table::KeyedTable;
 
-/// Most topics a node keeps (a subscriber may create a topic by naming it).
+/// Most topics a node keeps: the last resort. Before it, topics that hold
+/// nothing are freed after `topic_idle_s`, and a key that only reads may
+/// have made at most `max_topics_per_key` of them.
 pub const MAX_TOPICS: usize = 100_000;
 
-/// One published row: its compact JSON, its state-table key if the topic
-/// has one ([`row_key`]: its key fields' texts, injectively encoded), and its values of the topic's filter fields (`None`: the row
-/// lacks that field and no filter on it lets the row through).
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub json: Bytes,
-    pub key: Option<Box<str>>,
-    pub fields: Box<[Option<Box<str>>]>,
+/// `Topic::maker` when no reader's count holds the topic.
+const NO_MAKER: usize = usize::MAX;
+
+/// Who names a topic that may not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Maker {
+    /// A publish or a source: only [`MAX_TOPICS`] limits the topics it makes.
+    Publisher,
+    /// A read (a stream, a snapshot, a token's scope) by API key `Some(k)`
+    /// (index into `Settings::keys`) or anonymous (`None`, one count for all
+    /// anonymous clients): a topic it makes counts against
+    /// `max_topics_per_key` until something is published to it or it is
+    /// freed.
+    Reader(Option<usize>),
 }
 
 /// The rows of one frame, shared by the ring, the state table and every
 /// filtered group that re-joins them.
-pub type Rows = Arc<[Arc<Row>]>;
+pub type Rows = Arc<[Row]>;
 
 /// Most bytes of rows a keyless topic gathers for one coalesced frame; past
 /// it the frame goes out at once rather than waiting for the tick, so that no
 /// single frame outgrows a connection's queue.
 pub const MAX_PENDING_BYTES: usize = 256 * 1024;
 
-struct KeyedEntry {
-    row: Arc<Row>,
-    /// Bit c: the row changed since cadence c's last frame.
-    dirty: u32,
-}
-
 enum Table {
-    Keyed(IndexMap<Box<str>, KeyedEntry>),
+    /// The latest row per key, in the order keys first appeared.
+    Keyed(KeyedTable),
     Keyless {
-        rows: VecDeque<Arc<Row>>,
+        rows: VecDeque<Row>,
         history: usize,
     },
 }
@@ -96,8 +110,10 @@ struct Cadence {
     /// Keyed topics: state-table indices changed since the last frame, in
     /// the order they first changed.
     dirty: Vec<usize>,
+    /// Keyed topics: bit i set when index i is in `dirty`.
+    dirty_bits: Vec<u64>,
     /// Keyless topics: rows published since the last frame, in order.
-    pending: Vec<Arc<Row>>,
+    pending: Vec<Row>,
     pending_bytes: usize,
     /// In the hub's flush queue for this cadence.
     queued: bool,
@@ -107,6 +123,35 @@ impl Cadence {
     fn is_dirty(&self) -> bool {
         !self.dirty.is_empty() || !self.pending.is_empty()
     }
+
+    /// Queues state-table index `i` for the next frame, once.
+    fn mark_dirty(&mut self, i: usize) {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.dirty_bits.len() <= word {
+            self.dirty_bits.resize(word + 1, 0);
+        }
+        if self.dirty_bits[word] & bit == 0 {
+            self.dirty_bits[word] |= bit;
+            self.dirty.push(i);
+        }
+    }
+}
+
+/// Most encoded initial states a topic keeps for reuse (one per cadence and
+/// filter asked for); past it the oldest goes.
+pub const MAX_SHARED_STATES: usize = 8;
+
+/// An encoded initial state of the current state table, shared by every
+/// stream that starts (and every snapshot taken) before the table changes:
+/// clients that do not read it hold one buffer between them, not a copy each.
+struct SharedState {
+    /// The cadence whose `id` and pending rows the frame reflects; `None`:
+    /// built for a snapshot (every row, `id` the topic's).
+    cadence: Option<usize>,
+    filter: Option<Filter>,
+    frame: Bytes,
+    /// The JSON inside `frame` (the snapshot body).
+    body: std::ops::Range<usize>,
 }
 
 struct TopicState {
@@ -115,6 +160,9 @@ struct TopicState {
     table: Table,
     /// By cadence index, up to the highest one ever active on the topic.
     cadences: Vec<Cadence>,
+    /// Encoded initial states of the table as it is now: emptied whenever
+    /// the table, a cadence's id or its pending rows change.
+    shared: Vec<SharedState>,
 }
 
 /// A topic: its state table (behind the writer lock) and one ring per
@@ -141,6 +189,12 @@ pub struct Topic {
     /// Bit w: this topic waits in worker w's inbox.
     queued: AtomicU64,
     pub subscribers: AtomicUsize,
+    /// The reader count (index into `Hub::made_empty`) this topic holds one
+    /// of while it holds nothing; `NO_MAKER` otherwise.
+    maker: AtomicUsize,
+    /// Unix ms since which the sweep has seen the topic unused (made, or
+    /// last seen with subscribers or held by a stream or a worker).
+    idle_since_ms: AtomicU64,
 }
 
 /// How a subscription starts (SPEC §2 frame 2).
@@ -200,7 +254,7 @@ impl Topic {
                 history: rule.history,
             }
         } else {
-            Table::Keyed(IndexMap::new())
+            Table::Keyed(KeyedTable::default())
         };
         let topic = Topic {
             name: name.into(),
@@ -216,6 +270,7 @@ impl Topic {
                 seq: 0,
                 table,
                 cadences: Vec::new(),
+                shared: Vec::new(),
             }),
             rings: (0..MAX_CADENCES).map(|_| OnceLock::new()).collect(),
             cadence_ms: cadences.clone(),
@@ -223,6 +278,8 @@ impl Topic {
             interest: (0..MAX_CADENCES).map(|_| AtomicU64::new(0)).collect(),
             queued: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
+            maker: AtomicUsize::new(NO_MAKER),
+            idle_since_ms: AtomicU64::new(unix_millis()),
         };
         // The raw cadence is always on, so that `Last-Event-ID` resumes from
         // any published id (costs one encode per publish); a coalesced
@@ -277,13 +334,14 @@ impl Topic {
     /// early), and the cadences that became dirty and must be queued for
     /// their next tick.
     fn publish(&self, rows: Vec<Row>, id: Option<u64>) -> (u64, u32, u32) {
-        let rows: Rows = rows.into_iter().map(Arc::new).collect();
+        let rows: Rows = rows.into();
         let mut st = self.lock();
         let st = &mut *st;
         // A given id is above the last one (the cluster log's order); the
         // max only keeps the ring's order should a caller break that.
         let seq = (st.seq + 1).max(id.unwrap_or_else(unix_micros));
         st.seq = seq;
+        st.shared.clear();
         // Coalesced cadences that gather this update.
         let mut gather = 0u32;
         for (c, cad) in st.cadences.iter().enumerate() {
@@ -292,30 +350,16 @@ impl Topic {
             }
         }
         match &mut st.table {
-            Table::Keyed(map) => {
+            Table::Keyed(set) => {
                 for row in rows.iter() {
-                    let key = row.key.clone().unwrap_or_default();
-                    let i = match map.entry(key) {
-                        indexmap::map::Entry::Occupied(mut e) => {
-                            e.get_mut().row = row.clone();
-                            e.index()
-                        }
-                        indexmap::map::Entry::Vacant(v) => {
-                            let i = v.index();
-                            v.insert(KeyedEntry {
-                                row: row.clone(),
-                                dirty: 0,
-                            });
-                            i
-                        }
-                    };
-                    let e = &mut map[i];
-                    let mut fresh = gather & !e.dirty;
-                    e.dirty |= gather;
-                    while fresh != 0 {
-                        let c = fresh.trailing_zeros() as usize;
-                        fresh &= fresh - 1;
-                        st.cadences[c].dirty.push(i);
+                    // Replaces the row of an equal key in place (its index,
+                    // so its place in the state order, stays).
+                    let i = set.upsert(row.clone());
+                    let mut g = gather;
+                    while g != 0 {
+                        let c = g.trailing_zeros() as usize;
+                        g &= g - 1;
+                        st.cadences[c].mark_dirty(i);
                     }
                 }
             }
@@ -337,7 +381,7 @@ impl Topic {
                     g &= g - 1;
                     let cad = &mut st.cadences[c];
                     cad.pending.extend(rows.iter().cloned());
-                    cad.pending_bytes += rows.iter().map(|r| r.json.len()).sum::<usize>();
+                    cad.pending_bytes += rows.iter().map(|r| r.json().len()).sum::<usize>();
                 }
             }
         }
@@ -371,7 +415,7 @@ impl Topic {
             &self.name,
             seq,
             ts_ms,
-            rows.iter().map(|r| &r.json),
+            rows.iter().map(Row::json),
         );
         let ring = self.rings[c].get().expect("an active cadence has a ring");
         ring.push(Entry {
@@ -381,6 +425,7 @@ impl Topic {
             rows,
         });
         st.cadences[c].emitted = seq;
+        st.shared.clear();
     }
 
     /// Builds cadence `c`'s coalesced frame from what changed since its last
@@ -388,15 +433,14 @@ impl Topic {
     /// order), with the topic's current id. False when nothing changed.
     fn flush_locked(&self, st: &mut TopicState, c: usize, now_ms: u64) -> bool {
         let rows: Rows = match &mut st.table {
-            Table::Keyed(map) => {
-                let bit = !(1u32 << c);
-                st.cadences[c]
-                    .dirty
+            Table::Keyed(set) => {
+                let cad = &mut st.cadences[c];
+                let bits = &mut cad.dirty_bits;
+                cad.dirty
                     .drain(..)
                     .map(|i| {
-                        let e = &mut map[i];
-                        e.dirty &= bit;
-                        e.row.clone()
+                        bits[i / 64] &= !(1u64 << (i % 64));
+                        set.get(i).clone()
                     })
                     .collect()
             }
@@ -430,6 +474,7 @@ impl Topic {
             cad.active = true;
             cad.ms = self.cadence_ms.get(c);
             cad.emitted = st.seq;
+            st.shared.clear();
         }
         self.rings[c].get_or_init(|| Box::new(Ring::new(self.ring_slots)))
     }
@@ -442,19 +487,14 @@ impl Topic {
         st: &'a TopicState,
         c: Option<usize>,
         filter: Option<&'a Filter>,
-    ) -> Vec<&'a Bytes> {
-        let pass = move |r: &&'a Arc<Row>| filter::passes(filter, &r.fields);
+    ) -> Vec<&'a [u8]> {
+        let pass = move |r: &&'a Row| filter::passes(filter, r);
         match &st.table {
-            Table::Keyed(m) => m
-                .values()
-                .map(|e| &e.row)
-                .filter(pass)
-                .map(|r| &r.json)
-                .collect(),
+            Table::Keyed(set) => set.iter().filter(pass).map(Row::json).collect(),
             Table::Keyless { rows, .. } => {
                 let pending = c.map_or(0, |c| st.cadences[c].pending.len());
                 let upto = rows.len() - pending.min(rows.len());
-                rows.range(..upto).filter(pass).map(|r| &r.json).collect()
+                rows.range(..upto).filter(pass).map(Row::json).collect()
             }
         }
     }
@@ -466,28 +506,88 @@ impl Topic {
         let rows = self
             .state_rows(&st, None, None)
             .into_iter()
-            .cloned()
+            .map(Bytes::copy_from_slice)
             .collect();
         (st.seq, rows)
     }
 
-    /// The `initial_state` JSON body (for `GET /v1/snapshot`).
+    /// The `initial_state` JSON body (for `GET /v1/snapshot`): a slice of a
+    /// shared initial state frame showing every row, built (for the raw
+    /// cadence when there is one, so raw streams share it) if none is.
     pub fn snapshot_json(&self, filter: Option<&Filter>) -> Bytes {
-        let st = self.lock();
-        let rows = self.state_rows(&st, None, filter);
-        let mut out = bytes::BytesMut::with_capacity(128);
-        sse::initial_state_json(&mut out, &self.name, unix_millis(), rows.into_iter());
-        out.freeze()
+        let mut st = self.lock();
+        let st = &mut *st;
+        let keyed = matches!(st.table, Table::Keyed(_));
+        let whole = |c: Option<usize>| keyed || c.is_none_or(|c| st.cadences[c].pending.is_empty());
+        if let Some(s) = st
+            .shared
+            .iter()
+            .find(|s| s.filter.as_ref() == filter && whole(s.cadence))
+        {
+            return s.frame.slice(s.body.clone());
+        }
+        let raw = self
+            .cadence_ms
+            .to_vec()
+            .iter()
+            .position(|&ms| ms == 0)
+            .filter(|&c| st.cadences.get(c).is_some_and(|cad| cad.active));
+        let s = self.shared_state(st, raw, filter);
+        s.frame.slice(s.body.clone())
     }
 
-    fn initial_state_locked(&self, st: &TopicState, c: usize, filter: Option<&Filter>) -> Bytes {
-        let rows = self.state_rows(st, Some(c), filter);
-        sse::initial_state_frame(
-            &self.name,
-            st.cadences[c].emitted,
-            unix_millis(),
-            rows.into_iter(),
-        )
+    /// The shared initial state of cadence `c` (`None`: a snapshot's) for
+    /// `filter`, encoded now if no stream or snapshot asked for it since the
+    /// table last changed.
+    fn shared_state<'s>(
+        &self,
+        st: &'s mut TopicState,
+        c: Option<usize>,
+        filter: Option<&Filter>,
+    ) -> &'s SharedState {
+        if let Some(i) = st
+            .shared
+            .iter()
+            .position(|s| s.cadence == c && s.filter.as_ref() == filter)
+        {
+            return &st.shared[i];
+        }
+        let id = c.map_or(st.seq, |c| st.cadences[c].emitted);
+        let rows = self.state_rows(st, c, filter);
+        let (frame, body) =
+            sse::initial_state_frame(&self.name, id, unix_millis(), rows.into_iter());
+        if st.shared.len() >= MAX_SHARED_STATES {
+            st.shared.remove(0);
+        }
+        // Exact: most topics only ever share one state (a Vec would reserve
+        // room for four, 320 bytes, in every topic ever read).
+        st.shared.reserve_exact(1);
+        st.shared.push(SharedState {
+            cadence: c,
+            filter: filter.cloned(),
+            frame,
+            body,
+        });
+        st.shared.last().expect("just pushed")
+    }
+
+    fn initial_state_locked(
+        &self,
+        st: &mut TopicState,
+        c: usize,
+        filter: Option<&Filter>,
+    ) -> Bytes {
+        self.shared_state(st, Some(c), filter).frame.clone()
+    }
+
+    /// Drops the shared initial states that no stream or response holds
+    /// any more (the next start encodes the table afresh).
+    fn release_unused_states(&self) {
+        let mut st = self.lock();
+        st.shared.retain(|s| !s.frame.is_unique());
+        if st.shared.is_empty() {
+            st.shared = Vec::new();
+        }
     }
 
     /// Initial state frames for several filters of cadence `c`, and the ring
@@ -498,7 +598,7 @@ impl Topic {
         let tail = ring.tail();
         let frames = filters
             .iter()
-            .map(|f| self.initial_state_locked(&st, c, *f))
+            .map(|f| self.initial_state_locked(&mut st, c, *f))
             .collect();
         (frames, tail)
     }
@@ -510,10 +610,16 @@ impl Topic {
         let Some(f) = filter else {
             return Some(e.frame.clone());
         };
-        let kept = e.rows.iter().filter(|r| f.passes(&r.fields)).count();
-        if kept == 0 {
+        // Each row is tested once (the frame builder walks its rows twice).
+        let kept: Vec<&[u8]> = e
+            .rows
+            .iter()
+            .filter(|r| f.passes(r))
+            .map(Row::json)
+            .collect();
+        if kept.is_empty() {
             None
-        } else if kept == e.rows.len() {
+        } else if kept.len() == e.rows.len() {
             Some(e.frame.clone())
         } else {
             Some(sse::update_frame(
@@ -521,10 +627,7 @@ impl Topic {
                 &self.name,
                 e.seq,
                 e.ts_ms,
-                e.rows
-                    .iter()
-                    .filter(|r| f.passes(&r.fields))
-                    .map(|r| &r.json),
+                kept.iter().copied(),
             ))
         }
     }
@@ -553,7 +656,7 @@ impl Topic {
             }
         }
         (
-            Start::Fresh(self.initial_state_locked(&st, c, filter)),
+            Start::Fresh(self.initial_state_locked(&mut st, c, filter)),
             tail,
         )
     }
@@ -661,6 +764,20 @@ impl Inbox {
     }
 }
 
+/// True when `t` is unused (only the registry holds it, no subscriber, no
+/// row) and has been for `idle_ms`, with no update in that time either. A
+/// topic found in use is marked as seen in use now.
+fn reclaimable(t: &Arc<Topic>, now_ms: u64, idle_ms: u64) -> bool {
+    // Relaxed: a gauge; the Arc count decides, under the registry lock.
+    let (seq, rows) = t.stats();
+    if Arc::strong_count(t) > 1 || t.subscribers.load(Ordering::Relaxed) > 0 || rows > 0 {
+        t.idle_since_ms.store(now_ms, Ordering::Relaxed);
+        return false;
+    }
+    let last = t.idle_since_ms.load(Ordering::Relaxed).max(seq / 1000);
+    now_ms >= last.saturating_add(idle_ms)
+}
+
 /// Why a topic name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicError {
@@ -670,6 +787,9 @@ pub enum TopicError {
     NotFound,
     /// The node holds `MAX_TOPICS` topics (503).
     TooMany,
+    /// The reader has made `max_topics_per_key` topics that hold nothing
+    /// (503 until some are freed or published to).
+    KeyCap,
 }
 
 /// All topics of the node, and the workers' inboxes.
@@ -700,6 +820,12 @@ pub struct Hub {
     /// Per worker, when its event loop last turned (`time::mono_ms`; 0:
     /// not yet): the watchdog and `/healthz` tell a stuck worker by it.
     beats: Box<[AtomicU64]>,
+    /// Per key of the configuration at start, then one for anonymous
+    /// clients: topics made by reading that hold nothing yet
+    /// (`max_topics_per_key`). Incremented under the registry's write lock,
+    /// decremented by the first publish or the sweep. A key added by a
+    /// reload shares the anonymous count until a restart.
+    made_empty: Box<[AtomicU32]>,
 }
 
 impl Hub {
@@ -718,6 +844,9 @@ impl Hub {
             pending: AtomicUsize::new(0),
             workers_up: AtomicUsize::new(0),
             beats: (0..settings.workers).map(|_| AtomicU64::new(0)).collect(),
+            made_empty: (0..=settings.keys.len())
+                .map(|_| AtomicU32::new(0))
+                .collect(),
             settings: RwLock::new(settings),
         }
     }
@@ -752,8 +881,14 @@ impl Hub {
     }
 
     /// The topic of that name, made on first use if a `[[topics]]` pattern
-    /// matches it.
+    /// matches it (by a publisher: only the node cap applies).
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
+        self.topic_for(name, Maker::Publisher)
+    }
+
+    /// The topic of that name, made on first use by `maker` if a
+    /// `[[topics]]` pattern matches it.
+    pub fn topic_for(&self, name: &str, maker: Maker) -> Result<Arc<Topic>, TopicError> {
         let settings = self.settings();
         // A topic that exists still needs a pattern: a reload may have
         // removed it.
@@ -777,10 +912,28 @@ impl Hub {
         if let Some(t) = map.get(name) {
             return found(t);
         }
+        let count = match maker {
+            Maker::Publisher => None,
+            Maker::Reader(key) => {
+                let anonymous = self.made_empty.len() - 1;
+                let slot = key.filter(|&k| k < anonymous).unwrap_or(anonymous);
+                let max = settings.max_topics_per_key;
+                // Relaxed: increments happen under the write lock held here;
+                // a racing decrement only makes room.
+                if max != 0 && self.made_empty[slot].load(Ordering::Relaxed) >= max {
+                    return Err(TopicError::KeyCap);
+                }
+                Some(slot)
+            }
+        };
         if map.len() >= MAX_TOPICS {
             return Err(TopicError::TooMany);
         }
         let t = Arc::new(Topic::new(name, rule, &settings, &self.cadences));
+        if let Some(slot) = count {
+            self.made_empty[slot].fetch_add(1, Ordering::Relaxed);
+            t.maker.store(slot, Ordering::Relaxed);
+        }
         map.insert(name.into(), t.clone());
         Ok(t)
     }
@@ -788,6 +941,27 @@ impl Hub {
     /// How many topics the node holds.
     pub fn topic_count(&self) -> usize {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Takes `topic` off its maker's count of topics that hold nothing.
+    fn uncount_maker(&self, topic: &Topic) {
+        // Relaxed load first: a publish to a topic no reader made (most of
+        // them) costs one plain load. The swap makes exactly one caller
+        // decrement.
+        if topic.maker.load(Ordering::Relaxed) != NO_MAKER {
+            let slot = topic.maker.swap(NO_MAKER, Ordering::Relaxed);
+            if slot != NO_MAKER {
+                self.made_empty[slot].fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Topics that holding nothing count against reader `key`'s (`None`:
+    /// anonymous) `max_topics_per_key`.
+    pub fn made_empty(&self, key: Option<usize>) -> u32 {
+        let anonymous = self.made_empty.len() - 1;
+        let slot = key.filter(|&k| k < anonymous).unwrap_or(anonymous);
+        self.made_empty[slot].load(Ordering::Relaxed)
     }
 
     /// Every topic, sorted by name (for `GET /v1/topics`).
@@ -816,6 +990,7 @@ impl Hub {
     }
 
     fn publish_inner(&self, topic: &Arc<Topic>, rows: Vec<Row>, id: Option<u64>) -> u64 {
+        self.uncount_maker(topic);
         let (seq, pushed, mut newly_dirty) = topic.publish(rows, id);
         while newly_dirty != 0 {
             let c = newly_dirty.trailing_zeros() as usize;
@@ -895,6 +1070,48 @@ impl Hub {
             .max_by_key(|&(_, since)| since)
     }
 
+    /// Once a second (the coalescer thread, `now_ms` its clock): drops
+    /// encoded initial states that no stream or response holds any more, and
+    /// frees every topic that has had no subscribers, no rows and no update
+    /// for `topic_idle_s`.
+    ///
+    /// Never on a publish or subscribe path: it takes the registry's read
+    /// lock and each topic's lock once, then the write lock only when some
+    /// topic is to go. A topic goes only while nothing but the registry
+    /// holds it (its `Arc` count is 1 under the write lock, so no stream,
+    /// worker, queue or request can be using it or clone it meanwhile).
+    ///
+    /// Ids stay increasing across a topic's reclaim: a topic goes only when
+    /// its last id (`max(previous + 1, unix µs)`) is `topic_idle_s` old by
+    /// the clock, and the topic made again starts from the clock.
+    pub fn sweep(&self, now_ms: u64) {
+        let idle_ms = u64::from(self.settings().topic_idle_s) * 1000;
+        let mut idle = Vec::new();
+        for t in self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            t.release_unused_states();
+            if idle_ms != 0 && reclaimable(t, now_ms, idle_ms) {
+                idle.push(t.name.clone());
+            }
+        }
+        if idle.is_empty() {
+            return;
+        }
+        let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        for name in idle {
+            let still = map
+                .get(&name)
+                .is_some_and(|t| reclaimable(t, now_ms, idle_ms));
+            if still && let Some(t) = map.remove(&name) {
+                self.uncount_maker(&t);
+            }
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -944,11 +1161,7 @@ mod tests {
     }
 
     fn row(json: &str, key: Option<&str>) -> Row {
-        Row {
-            json: Bytes::copy_from_slice(json.as_bytes()),
-            key: key.map(Into::into),
-            fields: Box::new([]),
-        }
+        Row::new(json.as_bytes(), key.as_slice(), &[])
     }
 
     #[test]
@@ -1031,6 +1244,168 @@ mod tests {
         }
         let text = String::from_utf8(t.snapshot_json(None).to_vec()).unwrap();
         assert!(text.ends_with(r#""data":[{"i":1},{"i":2}]}"#), "{text}");
+    }
+
+    fn fresh(start: (Start, u64)) -> Bytes {
+        match start.0 {
+            Start::Fresh(f) => f,
+            Start::Replay(_) => panic!("expected an initial state"),
+        }
+    }
+
+    #[test]
+    fn starts_and_snapshots_share_one_buffer_until_the_state_changes() {
+        let h = hub();
+        let t = h.topic("k/s").unwrap();
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        let a = fresh(t.start(0, None, None));
+        let b = fresh(t.start(0, None, None));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer for both streams");
+        let snap = t.snapshot_json(None);
+        let inside = a.as_ptr_range();
+        assert!(
+            inside.contains(&snap.as_ptr()) && snap.len() < a.len(),
+            "the snapshot body is a slice of the stream's frame"
+        );
+        assert!(a.ends_with(&[&snap[..], b"\n\n"].concat()));
+        // another filter is another buffer
+        let f = Filter::new(vec![filter::Clause::parse(0, "x").unwrap()]).unwrap();
+        let filtered = fresh(t.start(0, Some(&f), None));
+        assert_ne!(filtered.as_ptr(), a.as_ptr());
+        assert_eq!(
+            fresh(t.start(0, Some(&f), None)).as_ptr(),
+            filtered.as_ptr()
+        );
+        // a publish makes the next start encode the new state
+        h.publish(&t, vec![row(r#"{"id":2}"#, Some("2"))]);
+        let c = fresh(t.start(0, None, None));
+        assert_ne!(c.as_ptr(), a.as_ptr());
+        assert!(
+            std::str::from_utf8(&c)
+                .unwrap()
+                .contains(r#"[{"id":1},{"id":2}]"#)
+        );
+        assert!(!std::str::from_utf8(&a).unwrap().contains(r#"{"id":2}"#));
+    }
+
+    #[test]
+    fn shared_states_are_bounded_and_released_when_unused() {
+        let h = hub();
+        let t = h.topic("k/b").unwrap();
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        let filters: Vec<Filter> = (0..MAX_SHARED_STATES + 2)
+            .map(|i| Filter::new(vec![filter::Clause::parse(0, &i.to_string()).unwrap()]).unwrap())
+            .collect();
+        for f in &filters {
+            fresh(t.start(0, Some(f), None));
+        }
+        assert_eq!(t.lock().shared.len(), MAX_SHARED_STATES);
+        let held = fresh(t.start(0, None, None));
+        t.release_unused_states();
+        assert_eq!(t.lock().shared.len(), 1, "only the held one stays");
+        assert_eq!(fresh(t.start(0, None, None)).as_ptr(), held.as_ptr());
+        drop(held);
+        t.release_unused_states();
+        assert!(t.lock().shared.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_never_reuses_a_frame_that_leaves_out_pending_rows() {
+        let s = Settings::from_toml(
+            "[server]\nworkers = 1\n[tiers.raw]\ncoalesce_ms = 0\n[tiers.slow]\ncoalesce_ms = 1000\n\
+             [auth]\nanonymous_tier = \"raw\"\n[[topics]]\npattern = \"l/*\"\nhistory = 10\n",
+        )
+        .unwrap();
+        let h = Hub::new(Arc::new(s));
+        let t = h.topic("l/p").unwrap();
+        fresh(t.start(1, None, None)); // the 1 s cadence is active
+        h.publish(&t, vec![row(r#"{"i":1}"#, None)]);
+        // the coalesced start leaves row 1 out (its next frame brings it)
+        let slow = fresh(t.start(1, None, None));
+        assert!(std::str::from_utf8(&slow).unwrap().contains(r#""data":[]"#));
+        let snap = t.snapshot_json(None);
+        assert!(snap.ends_with(br#""data":[{"i":1}]}"#));
+        // and it was built for the raw cadence, whose streams share it
+        let raw = fresh(t.start(0, None, None));
+        assert!(raw.as_ptr_range().contains(&snap.as_ptr()));
+    }
+
+    fn topic_names(h: &Hub) -> Vec<String> {
+        h.topics().iter().map(|t| t.name.to_string()).collect()
+    }
+
+    #[test]
+    fn the_sweep_frees_only_topics_unused_empty_and_idle() {
+        let s = Settings::from_toml(
+            "[server]\nworkers = 1\ntopic_idle_s = 10\n[[topics]]\npattern = \"k/*\"\nkey = [\"id\"]\n\
+             [[topics]]\npattern = \"l/*\"\nhistory = 0\n",
+        )
+        .unwrap();
+        let h = Hub::new(Arc::new(s));
+        let now = unix_millis();
+        h.topic("k/empty").unwrap();
+        let t = h.topic("k/rows").unwrap();
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        drop(t);
+        let held = h.topic("k/held").unwrap();
+        h.topic("k/subscribed")
+            .unwrap()
+            .subscribers
+            .fetch_add(1, Ordering::Relaxed);
+        // keyless without history: updates, yet no rows
+        let t = h.topic("l/updated").unwrap();
+        let id = h.publish(&t, vec![row("{}", None)]);
+        drop(t);
+        h.sweep(now + 9_000);
+        assert_eq!(topic_names(&h).len(), 5, "nothing is idle for 10 s yet");
+        h.sweep(now + 11_000);
+        assert_eq!(topic_names(&h), ["k/held", "k/rows", "k/subscribed"]);
+        // seen in use at 11 s: idle from then on
+        drop(held);
+        h.sweep(now + 12_000);
+        assert_eq!(topic_names(&h).len(), 3);
+        h.sweep(now + 21_000);
+        assert_eq!(topic_names(&h), ["k/rows", "k/subscribed"]);
+        // a topic made again goes on with later ids
+        let t = h.topic("l/updated").unwrap();
+        assert!(h.publish(&t, vec![row("{}", None)]) > id);
+    }
+
+    #[test]
+    fn a_reader_makes_at_most_max_topics_per_key_topics_that_hold_nothing() {
+        let s = Settings::from_toml(
+            "[server]\nworkers = 1\nmax_topics_per_key = 2\ntopic_idle_s = 10\n\
+             [[keys]]\nname = \"r\"\nkey = \"k_r\"\ntier = \"scale\"\n\
+             [[topics]]\npattern = \"k/*\"\nkey = [\"id\"]\n",
+        )
+        .unwrap();
+        let h = Hub::new(Arc::new(s));
+        let reader = Maker::Reader(Some(0));
+        h.topic_for("k/1", reader).unwrap();
+        h.topic_for("k/2", reader).unwrap();
+        assert_eq!(h.topic_for("k/3", reader).err(), Some(TopicError::KeyCap));
+        assert!(
+            h.topic_for("k/1", reader).is_ok(),
+            "reading a topic that exists"
+        );
+        assert!(
+            h.topic_for("k/a", Maker::Reader(None)).is_ok(),
+            "anonymous has its own count"
+        );
+        assert!(h.topic_for("k/p", Maker::Publisher).is_ok());
+        assert_eq!((h.made_empty(Some(0)), h.made_empty(None)), (2, 1));
+        // a publish makes k/1 hold something: it no longer counts
+        let t = h.topic("k/1").unwrap();
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        drop(t);
+        assert_eq!(h.made_empty(Some(0)), 1);
+        h.topic_for("k/3", reader).unwrap();
+        assert_eq!(h.topic_for("k/4", reader).err(), Some(TopicError::KeyCap));
+        // freed topics no longer count
+        h.sweep(unix_millis() + 11_000);
+        assert_eq!((h.made_empty(Some(0)), h.made_empty(None)), (0, 0));
+        assert_eq!(topic_names(&h), ["k/1"]);
+        h.topic_for("k/4", reader).unwrap();
     }
 
     #[test]

@@ -13,14 +13,24 @@
 //! sequence ids (`seq`) are the topic's public ids and may jump. A reader that
 //! asks for a position that has been overwritten gets [`Read::Lagged`] and
 //! must resynchronise from the state table.
+//!
+//! The window is bounded in bytes as well as slots: past [`MAX_RING_BYTES`]
+//! the oldest frames are dropped (read as `Lagged`, not found for resume)
+//! even when slots remain, so a ring of big frames (a coalesced tier's, each
+//! holding every key changed in its tick) keeps at most that much alive, not
+//! `replay` whole frames. The newest frame is always kept.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
-use super::Rows;
+use super::{Row, Rows};
+
+/// Most bytes one ring keeps alive: its frames, their row lists and the rows
+/// themselves (counted in full even while the state table shares them).
+pub const MAX_RING_BYTES: usize = 16 << 20;
 
 /// One frame of the ring.
 #[derive(Debug, Clone)]
@@ -35,6 +45,24 @@ pub struct Entry {
     pub rows: Rows,
 }
 
+impl Entry {
+    fn empty() -> Entry {
+        Entry {
+            seq: 0,
+            ts_ms: 0,
+            frame: Bytes::new(),
+            rows: Rows::default(),
+        }
+    }
+
+    /// What the entry keeps alive, at most.
+    fn cost(&self) -> usize {
+        self.frame.len()
+            + self.rows.len() * std::mem::size_of::<Row>()
+            + self.rows.iter().map(Row::heap_bytes).sum::<usize>()
+    }
+}
+
 impl PartialEq for Entry {
     fn eq(&self, other: &Entry) -> bool {
         self.seq == other.seq && self.frame == other.frame
@@ -44,8 +72,11 @@ impl PartialEq for Entry {
 impl Eq for Entry {}
 
 struct Slot {
+    /// `u64::MAX`: empty, or dropped for the byte bound.
     pos: u64,
     entry: Entry,
+    /// `entry.cost()`, counted in `Ring::bytes`.
+    cost: usize,
 }
 
 /// What a read at a position found.
@@ -65,16 +96,31 @@ pub struct Ring {
     /// make the node allocate a replay window for each).
     slots: std::sync::OnceLock<Box<[Mutex<Slot>]>>,
     capacity: usize,
+    max_bytes: usize,
     /// Number of frames ever pushed (the next position to write).
     tail: CachePadded<AtomicU64>,
+    /// The oldest position not overwritten or dropped. Only the writer
+    /// stores it; `find` reads it as a lower bound and checks each slot.
+    head: AtomicU64,
+    /// Sum of the live entries' costs. Writer only.
+    bytes: AtomicUsize,
 }
 
 impl Ring {
     pub fn new(slots: usize) -> Ring {
+        Ring::with_max_bytes(slots, MAX_RING_BYTES)
+    }
+
+    /// A ring of `slots` frames holding at most `max_bytes` (but always its
+    /// newest frame).
+    pub fn with_max_bytes(slots: usize, max_bytes: usize) -> Ring {
         Ring {
             slots: std::sync::OnceLock::new(),
             capacity: slots.max(1),
+            max_bytes,
             tail: CachePadded::new(AtomicU64::new(0)),
+            head: AtomicU64::new(0),
+            bytes: AtomicUsize::new(0),
         }
     }
 
@@ -83,15 +129,16 @@ impl Ring {
             .map(|_| {
                 Mutex::new(Slot {
                     pos: u64::MAX,
-                    entry: Entry {
-                        seq: 0,
-                        ts_ms: 0,
-                        frame: Bytes::new(),
-                        rows: Rows::default(),
-                    },
+                    entry: Entry::empty(),
+                    cost: 0,
                 })
             })
             .collect()
+    }
+
+    /// Bytes the live entries keep alive (their costs).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub fn capacity(&self) -> u64 {
@@ -106,16 +153,40 @@ impl Ring {
         self.tail.load(Ordering::Acquire)
     }
 
-    /// Appends a frame. Callers serialise pushes (the topic's writer lock).
+    /// Appends a frame, then drops the oldest ones while the ring holds more
+    /// than its byte bound. Callers serialise pushes (the topic's writer
+    /// lock).
     pub fn push(&self, entry: Entry) {
-        // Relaxed: only the single writer (holding the topic lock) stores tail.
+        // Relaxed (tail, head, bytes): only the single writer, holding the
+        // topic lock, stores them; readers check each slot's `pos` under its
+        // lock and never trust `head` alone.
         let pos = self.tail.load(Ordering::Relaxed);
+        let mut head = self.head.load(Ordering::Relaxed);
+        let mut bytes = self.bytes.load(Ordering::Relaxed);
         self.slots.get_or_init(|| self.make_slots());
+        let cost = entry.cost();
         {
             let mut slot = self.lock(pos);
+            if slot.pos != u64::MAX {
+                // the live frame a lap behind goes
+                bytes -= slot.cost;
+                head = head.max(slot.pos + 1);
+            }
             slot.pos = pos;
             slot.entry = entry;
+            slot.cost = cost;
         }
+        bytes += cost;
+        while bytes > self.max_bytes && head < pos {
+            let mut slot = self.lock(head);
+            bytes -= slot.cost;
+            slot.pos = u64::MAX;
+            slot.entry = Entry::empty();
+            slot.cost = 0;
+            head += 1;
+        }
+        self.head.store(head, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
         // Release pairs with the Acquire in `tail`.
         self.tail.store(pos + 1, Ordering::Release);
     }
@@ -138,7 +209,9 @@ impl Ring {
     /// the live window.
     pub fn find(&self, seq: u64) -> Option<u64> {
         let tail = self.tail();
-        let mut lo = tail.saturating_sub(self.capacity());
+        let mut lo = tail
+            .saturating_sub(self.capacity())
+            .max(self.head.load(Ordering::Relaxed));
         let mut hi = tail;
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -147,7 +220,8 @@ impl Ring {
                 (s.pos, s.entry.seq)
             };
             if slot_pos != mid {
-                // overwritten while we searched: the window moved past it
+                // overwritten or dropped while we searched: the window moved
+                // past it
                 lo = mid + 1;
                 continue;
             }
@@ -208,6 +282,49 @@ mod tests {
         assert_eq!(r.find(1), None);
         r.push(entry(1, 1));
         assert_eq!(r.slots.get().map(|s| s.len()), Some(1024));
+    }
+
+    #[test]
+    fn the_byte_bound_drops_the_oldest_frames_but_never_the_newest() {
+        let big = |seq: u64, n: usize| Entry {
+            seq,
+            ts_ms: 0,
+            frame: Bytes::from(vec![0u8; n]),
+            rows: Rows::default(),
+        };
+        let r = Ring::with_max_bytes(8, 1000);
+        for seq in 1..=3 {
+            r.push(big(seq, 400));
+        }
+        // 1200 bytes: the first frame went
+        assert_eq!(r.bytes(), 800);
+        assert_eq!(r.read(0), Read::Lagged);
+        assert_eq!(r.read(1), Read::Frame(big(2, 400)));
+        assert_eq!(r.find(1), None);
+        assert_eq!(r.find(2), Some(1));
+        // one frame over the bound on its own stays, alone
+        r.push(big(4, 5000));
+        assert_eq!(r.bytes(), 5000);
+        assert_eq!(r.read(2), Read::Lagged);
+        assert_eq!(r.read(3), Read::Frame(big(4, 5000)));
+        assert_eq!(r.find(4), Some(3));
+        // small frames again: slots wrap over dropped ones
+        for seq in 5..=20 {
+            r.push(big(seq, 10));
+        }
+        assert_eq!(r.bytes(), 80, "8 slots of 10 bytes");
+        assert_eq!(r.find(13), Some(12));
+        assert_eq!(r.find(12), None);
+        assert_eq!(r.read(11), Read::Lagged);
+        // rows count with the frame
+        let row = Row::new(&[b'x'; 100], &[], &[]);
+        let e = Entry {
+            seq: 21,
+            ts_ms: 0,
+            frame: Bytes::from(vec![0u8; 50]),
+            rows: vec![row.clone()].into(),
+        };
+        assert_eq!(e.cost(), 50 + std::mem::size_of::<Row>() + row.heap_bytes());
     }
 
     #[test]

@@ -201,7 +201,7 @@ impl Mapper {
                     match e {
                         TopicError::Invalid => Unmapped::InvalidTopic,
                         TopicError::NotFound => Unmapped::UnknownTopic,
-                        TopicError::TooMany => Unmapped::TooManyTopics,
+                        TopicError::TooMany | TopicError::KeyCap => Unmapped::TooManyTopics,
                     },
                 )
             })?;

@@ -1,7 +1,11 @@
 //! Publish bodies (SPEC §3 `POST /v1/publish`): one JSON object, a JSON array
 //! of objects, or NDJSON, parsed once with simd-json into [`Row`]s holding
-//! each row's compact JSON bytes and its state-table key (its key fields'
-//! texts, encoded by [`row_key`] so that distinct tuples never share a key).
+//! each row's compact JSON bytes, its state-table key fields' texts (a key
+//! is their tuple, see [`crate::hub::row_key`], so that distinct tuples never
+//! share a key) and its filter fields' texts. Each row's JSON is written
+//! into a reused buffer, with simd-json's writer, noting where each value
+//! starts, so that fields can point into it ([`crate::hub::row`]); the row
+//! is then copied once into its own exact-size allocation.
 //!
 //! All or nothing: any invalid row rejects the whole body. Runs once per
 //! publish, never per connection. The demo feed publishes through here too.
@@ -11,13 +15,16 @@
 //! hub: the update is applied, on every node, when it comes back from the
 //! JetStream log with its id ([`crate::cluster`]).
 
-use bytes::Bytes;
+use std::borrow::Cow;
+
 use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 
 use std::sync::Arc;
 
-use crate::hub::{Hub, Row, Topic, row_key};
+use bytes::Bytes;
+
+use crate::hub::{Hub, Row, RowBuilder, Topic};
 
 /// Most rows one publish may carry.
 pub const MAX_ROWS_PER_PUBLISH: usize = 100_000;
@@ -163,14 +170,14 @@ pub fn submit(
 
 /// The rows as one compact JSON array (what the cluster log stores).
 pub fn join_rows(rows: &[Row]) -> Bytes {
-    let len = rows.iter().map(|r| r.json.len() + 1).sum::<usize>() + 1;
+    let len = rows.iter().map(|r| r.json().len() + 1).sum::<usize>() + 1;
     let mut out = Vec::with_capacity(len);
     out.push(b'[');
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&r.json);
+        out.extend_from_slice(r.json());
     }
     out.push(b']');
     Bytes::from(out)
@@ -184,9 +191,11 @@ pub fn parse_rows(
     key_fields: &[String],
     filter_fields: &[String],
 ) -> Result<Vec<Row>, PublishError> {
-    let spec = Fields {
+    let mut spec = Fields {
         key: key_fields,
         filter: filter_fields,
+        builder: RowBuilder::new(),
+        spans: Vec::new(),
     };
     let mut rows = Vec::new();
     if ndjson {
@@ -200,7 +209,7 @@ pub fn parse_rows(
             if line.iter().any(|b| !b.is_ascii_whitespace()) {
                 let v = simd_json::to_borrowed_value(line)
                     .map_err(|e| PublishError::Json(e.to_string()))?;
-                push_row(&mut rows, &v, &spec)?;
+                push_row(&mut rows, &v, &mut spec)?;
             }
             start = end + 1;
         }
@@ -217,10 +226,10 @@ pub fn parse_rows(
                 }
                 rows.reserve(items.len());
                 for item in items {
-                    push_row(&mut rows, item, &spec)?;
+                    push_row(&mut rows, item, &mut spec)?;
                 }
             }
-            None => push_row(&mut rows, &v, &spec)?,
+            None => push_row(&mut rows, &v, &mut spec)?,
         }
     }
     if rows.is_empty() {
@@ -229,63 +238,106 @@ pub fn parse_rows(
     Ok(rows)
 }
 
+/// What to keep of each row, and scratch space reused across rows.
 struct Fields<'a> {
     key: &'a [String],
     filter: &'a [String],
+    builder: RowBuilder,
+    /// Per member of the row being encoded: (address of its value, where
+    /// the value's JSON starts and ends).
+    spans: Vec<(usize, usize, usize)>,
 }
 
-/// A field's value as filters and keys compare it: a string's text, or the
-/// compact JSON of anything else (`7`, `true`).
-fn field_text(out: &mut String, value: &BorrowedValue<'_>) {
+/// A field's text as filters and keys compare it (a string's text, or the
+/// compact JSON of anything else) and where in the row's JSON that text may
+/// appear verbatim.
+fn field_text<'v>(
+    value: &'v BorrowedValue<'_>,
+    spans: &[(usize, usize, usize)],
+    json: &[u8],
+    scratch: &'v mut Vec<u8>,
+) -> (&'v [u8], Option<usize>) {
+    let addr = value as *const BorrowedValue<'_> as usize;
+    let span = spans.iter().find(|s| s.0 == addr);
     match value.as_str() {
-        Some(s) => out.push_str(s),
-        None => out.push_str(&value.encode()),
+        // a string's text sits between its quotes unless it was escaped
+        // (the builder checks the bytes before it points at them)
+        Some(s) => (s.as_bytes(), span.map(|&(_, start, _)| start + 1)),
+        None => match span {
+            Some(&(_, start, end)) => {
+                scratch.clear();
+                scratch.extend_from_slice(&json[start..end]);
+                (&scratch[..], Some(start))
+            }
+            None => {
+                scratch.clear();
+                scratch.extend_from_slice(value.encode().as_bytes());
+                (&scratch[..], None)
+            }
+        },
     }
 }
 
 fn push_row(
     rows: &mut Vec<Row>,
     v: &BorrowedValue<'_>,
-    spec: &Fields<'_>,
+    spec: &mut Fields<'_>,
 ) -> Result<(), PublishError> {
-    let key_fields = spec.key;
     let n = rows.len();
     if n >= MAX_ROWS_PER_PUBLISH {
         return Err(PublishError::TooManyRows);
     }
     let obj = v.as_object().ok_or(PublishError::NotAnObject(n))?;
-    let key = if key_fields.is_empty() {
-        None
-    } else {
-        let mut key = String::new();
-        for field in key_fields {
-            let value = obj
-                .get(field.as_str())
-                .ok_or_else(|| PublishError::MissingKey(n, field.clone()))?;
-            match value.as_str() {
-                Some(s) => row_key::push_field(&mut key, s),
-                None => row_key::push_field(&mut key, &value.encode()),
-            }
+    for field in spec.key {
+        if obj.get(field.as_str()).is_none() {
+            return Err(PublishError::MissingKey(n, field.clone()));
         }
-        Some(key.into_boxed_str())
-    };
-    let fields = spec
-        .filter
-        .iter()
-        .map(|f| {
-            obj.get(f.as_str()).map(|value| {
-                let mut s = String::new();
-                field_text(&mut s, value);
-                s.into_boxed_str()
-            })
-        })
-        .collect();
-    rows.push(Row {
-        json: Bytes::from(v.encode().into_bytes()),
-        key,
-        fields,
-    });
+    }
+    // The row's compact JSON, written member by member exactly as
+    // simd-json's `encode` would (same writer, same order), noting where
+    // each value starts so that key and filter fields can point into it.
+    let b = &mut spec.builder;
+    b.clear();
+    spec.spans.clear();
+    let json = &mut b.json;
+    json.push(b'{');
+    for (i, (name, value)) in obj.iter().enumerate() {
+        if i > 0 {
+            json.push(b',');
+        }
+        write_json(json, &BorrowedValue::String(Cow::Borrowed(name)));
+        json.push(b':');
+        let start = json.len();
+        write_json(json, value);
+        spec.spans.push((
+            value as *const BorrowedValue<'_> as usize,
+            start,
+            json.len(),
+        ));
+    }
+    json.push(b'}');
+    let mut scratch = Vec::new();
+    for field in spec.key {
+        let value = obj.get(field.as_str()).expect("checked above");
+        let (text, at) = field_text(value, &spec.spans, &b.json, &mut scratch);
+        b.key_field(text, at);
+    }
+    for field in spec.filter {
+        match obj.get(field.as_str()) {
+            Some(value) => {
+                let (text, at) = field_text(value, &spec.spans, &b.json, &mut scratch);
+                b.filter_field(Some(text), at);
+            }
+            None => b.filter_field(None, None),
+        }
+    }
+    rows.push(b.finish());
     Ok(())
+}
+
+/// Appends a value's compact JSON (writing to a `Vec` cannot fail).
+fn write_json(out: &mut Vec<u8>, v: &BorrowedValue<'_>) {
+    v.write(out).expect("writing to a Vec does not fail");
 }
 
 #[cfg(test)]
@@ -300,18 +352,18 @@ mod tests {
     fn object_array_and_ndjson() {
         let mut b = br#" { "a" : 1, "b":[1, 2] } "#.to_vec();
         let rows = parse_rows(&mut b, false, &[], &[]).unwrap();
-        assert_eq!(&rows[0].json[..], br#"{"a":1,"b":[1,2]}"#);
+        assert_eq!(&rows[0].json(), br#"{"a":1,"b":[1,2]}"#);
 
         let mut b = br#"[{"id":"x","v":1},{"id":7,"v":2}]"#.to_vec();
         let rows = parse_rows(&mut b, false, &keys(&["id"]), &[]).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].key.as_deref(), Some("1:x"));
-        assert_eq!(rows[1].key.as_deref(), Some("1:7"));
+        assert_eq!(rows[0].key().as_deref(), Some("1:x"));
+        assert_eq!(rows[1].key().as_deref(), Some("1:7"));
 
         let mut b = b"{\"a\":1}\n\n{\"a\":2}\r\n".to_vec();
         let rows = parse_rows(&mut b, true, &[], &[]).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(&rows[1].json[..], br#"{"a":2}"#);
+        assert_eq!(&rows[1].json(), br#"{"a":2}"#);
     }
 
     #[test]
@@ -320,13 +372,13 @@ mod tests {
         let mut b = br#"[{"a":"x\u001fy","b":"z"},{"a":"x","b":"y\u001fz"},{"a":"x\u001fy\u001fz","b":""}]"#
             .to_vec();
         let rows = parse_rows(&mut b, false, &k, &[]).unwrap();
-        let got: Vec<&str> = rows.iter().map(|r| r.key.as_deref().unwrap()).collect();
+        let got: Vec<String> = rows.iter().map(|r| r.key().unwrap().into()).collect();
         assert_eq!(
             got,
             ["3:x\u{1f}y1:z", "1:x3:y\u{1f}z", "5:x\u{1f}y\u{1f}z0:"]
         );
         for r in &rows {
-            assert!(row_key::decode(r.key.as_deref().unwrap()).is_some());
+            assert!(crate::hub::row_key::decode(&r.key().unwrap()).is_some());
         }
     }
 
@@ -335,7 +387,7 @@ mod tests {
         let k = keys(&["a", "b"]);
         let mut b = br#"[{"a":1,"b":"q"},{"a":"1","b":"q"},{"a":1.0,"b":"q"},{"a":true,"b":"q"},{"a":"true","b":"q"}]"#.to_vec();
         let rows = parse_rows(&mut b, false, &k, &[]).unwrap();
-        let got: Vec<&str> = rows.iter().map(|r| r.key.as_deref().unwrap()).collect();
+        let got: Vec<String> = rows.iter().map(|r| r.key().unwrap().into()).collect();
         assert_eq!(
             got,
             ["1:11:q", "1:11:q", "3:1.01:q", "4:true1:q", "4:true1:q"]
@@ -351,15 +403,55 @@ mod tests {
         assert_eq!(&joined[..], br#"[{"id":1,"v":"a\nb"},{"id":2}]"#);
         let again = parse_rows(&mut joined.to_vec(), false, &k, &[]).unwrap();
         assert_eq!(again.len(), 2);
-        assert_eq!(again[1].key, rows[1].key);
+        assert_eq!(again[1].key(), rows[1].key());
     }
 
     #[test]
     fn filter_fields_are_kept_as_text() {
         let mut b = br#"{"book":"novig","n":7,"ok":true}"#.to_vec();
         let rows = parse_rows(&mut b, false, &[], &keys(&["book", "n", "ok", "gone"])).unwrap();
-        let f: Vec<Option<&str>> = rows[0].fields.iter().map(|x| x.as_deref()).collect();
-        assert_eq!(f, vec![Some("novig"), Some("7"), Some("true"), None]);
+        let f: Vec<Option<&[u8]>> = (0..4).map(|i| rows[0].field(i)).collect();
+        assert_eq!(
+            f,
+            vec![Some(&b"novig"[..]), Some(b"7"), Some(b"true"), None]
+        );
+    }
+
+    #[test]
+    fn rows_are_encoded_as_simd_json_encodes_them() {
+        let bodies = [
+            r#"{"a":"q\"\\\n\u0001é/","b":[1,{"c":null}],"d":1.5e3,"e":-0,"f":true,"\"k":{}}"#,
+            r#"{"id":"x","a":"plain"}"#,
+            r#"{}"#,
+        ];
+        for body in bodies {
+            let mut b = body.as_bytes().to_vec();
+            let rows = parse_rows(&mut b, false, &[], &keys(&["a", "d", "b"])).unwrap();
+            let mut b2 = body.as_bytes().to_vec();
+            let v = simd_json::to_borrowed_value(&mut b2).unwrap();
+            assert_eq!(rows[0].json(), v.encode().as_bytes(), "{body}");
+        }
+        let mut b = bodies[0].as_bytes().to_vec();
+        let rows = parse_rows(&mut b, false, &[], &keys(&["a", "d", "b"])).unwrap();
+        assert_eq!(rows[0].field(0), Some("q\"\\\n\u{1}é/".as_bytes()));
+        assert_eq!(rows[0].field(1), Some(&b"1500.0"[..]));
+        assert_eq!(rows[0].field(2), Some(&br#"[1,{"c":null}]"#[..]));
+    }
+
+    #[test]
+    fn a_row_costs_its_json_and_a_few_bytes() {
+        // keyed by a number and a plain string: both point into the JSON
+        let mut b = br#"{"id":123456,"s":"abc","v":1}"#.to_vec();
+        let rows = parse_rows(&mut b, false, &keys(&["id", "s"]), &keys(&["s"])).unwrap();
+        let r = &rows[0];
+        assert_eq!(r.key().as_deref(), Some("6:1234563:abc"));
+        assert_eq!(r.field(0), Some(&b"abc"[..]));
+        let json = r.json().len();
+        assert!(
+            r.heap_bytes() <= json + 16 + 12,
+            "{} bytes for {json} bytes of JSON",
+            r.heap_bytes()
+        );
     }
 
     #[test]

@@ -217,6 +217,31 @@ impl Server {
         assert!(ok, "kill failed");
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server process's resident set size (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
+    /// Open SSE streams, as `/healthz` counts them.
+    pub fn streams(&self) -> u64 {
+        let (_, _, body) = self.request("GET", "/healthz", &[], b"");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("healthz json");
+        v["streams"].as_u64().expect("streams")
+    }
+
     /// The stderr lines logged since the last call (the first call: since
     /// the start).
     pub fn logs(&self) -> Vec<String> {

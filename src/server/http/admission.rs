@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::auth::{Principal, find_credential};
 use crate::hub::filter::{Clause, Value};
-use crate::hub::{Filter, Topic};
+use crate::hub::{Filter, Maker, Topic};
 use crate::server::http::error::{ApiError, DRAINING, ErrorKind};
 use crate::server::http::{Context, Request};
 use crate::server::limits::KeySlot;
@@ -55,7 +55,7 @@ pub fn admit_stream(
     crate::server::http::api::not_starting()?;
     let target = target?;
     let principal = authenticate(ctx, req)?;
-    let topic = lookup_topic(ctx, &target.topic)?;
+    let topic = lookup_topic(ctx, &target.topic, Maker::Reader(principal.key()))?;
     let tier = authorize(ctx, &principal, &topic.name)?;
     let filter = row_filter(&topic, req, &target.fixed)?;
     let (heartbeat_s, last_id) = stream_params(ctx, req)?;
@@ -139,9 +139,11 @@ pub fn authenticate(ctx: &Context, req: &Request) -> Result<Principal, ApiError>
     Ok(ctx.keys.authenticate(&ctx.settings, cred)?)
 }
 
-/// The topic a name refers to (400 invalid, 404 no pattern, 503 full).
-pub fn lookup_topic(ctx: &Context, name: &str) -> Result<Arc<Topic>, ApiError> {
-    Ok(ctx.hub.topic(name)?)
+/// The topic a name refers to, made by `maker` if it does not exist yet
+/// (400 invalid, 404 no pattern, 503 full or past the key's
+/// `max_topics_per_key`).
+pub fn lookup_topic(ctx: &Context, name: &str, maker: Maker) -> Result<Arc<Topic>, ApiError> {
+    Ok(ctx.hub.topic_for(name, maker)?)
 }
 
 /// The token's scope, the key's `topics` patterns and the topic's `tiers`
@@ -236,7 +238,7 @@ pub fn publish_target(ctx: &Context, req: &Request, topic: &str) -> Result<Arc<T
         }
         Principal::Key(_) => {}
     }
-    let topic = lookup_topic(ctx, topic)?;
+    let topic = lookup_topic(ctx, topic, Maker::Publisher)?;
     authorize(ctx, &principal, &topic.name)?;
     Ok(topic)
 }

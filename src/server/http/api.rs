@@ -10,12 +10,15 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{Principal, Role};
+use crate::hub::Maker;
 use crate::metrics;
 use crate::server::http::admission::{
     authenticate, authorize, lookup_topic, publish_target, row_filter, token_issuer,
 };
 use crate::server::http::error::{ApiError, DRAINING, ErrorKind};
-use crate::server::http::response::{error_response, head_only, response};
+use crate::server::http::response::{
+    error_response, head_only as head_only_response, response, response_head,
+};
 use crate::server::http::{Context, Method, Request};
 use crate::server::{access, admin};
 use crate::sources::publish::{Accepted, Format, PublishError, Submitted, submit};
@@ -105,7 +108,9 @@ impl<'a> Endpoint<'a> {
 
 /// A response, or a publish whose answer waits for the cluster log.
 pub enum Reply {
-    Now(BytesMut),
+    /// A response, and a large body to send after it from its own buffer
+    /// (empty when the body is in the response).
+    Now(BytesMut, Bytes),
     /// `[cluster]`: the `202` waits until JetStream has stored the update.
     Stored(Submitted),
 }
@@ -115,8 +120,14 @@ pub enum Reply {
 pub fn route(ctx: &Context, req: &Request, body: Vec<u8>, keep_alive: bool) -> Reply {
     match answer(ctx, req, body) {
         Ok(Answered::Stored(s)) => Reply::Stored(s),
-        Ok(Answered::Now(a)) => Reply::Now(respond(ctx, req, Ok(a), keep_alive)),
-        Err(e) => Reply::Now(respond(ctx, req, Err(e), keep_alive)),
+        Ok(Answered::Now(a)) => {
+            let (out, body) = respond(ctx, req, Ok(a), keep_alive);
+            Reply::Now(out, body)
+        }
+        Err(e) => {
+            let (out, body) = respond(ctx, req, Err(e), keep_alive);
+            Reply::Now(out, body)
+        }
     }
 }
 
@@ -133,6 +144,7 @@ pub fn stored(
         r.map(accepted).map_err(ApiError::from),
         keep_alive,
     )
+    .0
 }
 
 fn accepted(Accepted { rows, id }: Accepted) -> Answer {
@@ -152,16 +164,23 @@ impl From<Answer> for Answered {
     }
 }
 
-/// Encodes an answer or a refusal as a whole response.
+/// Bodies up to this size are copied after the response head (one write);
+/// larger ones (snapshots, shared by every request for the same state) are
+/// written from their own buffer, never copied per request.
+const COPIED_BODY_BYTES: usize = 16 * 1024;
+
+/// Encodes an answer or a refusal: the response, and a large body to send
+/// after it from its own buffer (empty when the body is in the response).
 fn respond(
     ctx: &Context,
     req: &Request,
     answer: Result<Answer, ApiError>,
     keep_alive: bool,
-) -> BytesMut {
+) -> (BytesMut, Bytes) {
     let origin = req.header("origin");
     let cors = &ctx.settings.cors;
-    let out = match answer {
+    let head_only = req.method == Method::Head;
+    let (out, body) = match answer {
         Ok((status, ctype, body)) => {
             let extra = if req.method == Method::Options {
                 PREFLIGHT_HEADERS
@@ -169,18 +188,34 @@ fn respond(
                 ""
             };
             metrics::http_response(status);
-            response(status, ctype, &body, keep_alive, cors, origin, extra)
+            if body.len() > COPIED_BODY_BYTES {
+                let mut out = BytesMut::with_capacity(256);
+                response_head(
+                    &mut out,
+                    status,
+                    ctype,
+                    body.len(),
+                    keep_alive,
+                    cors,
+                    origin,
+                    extra,
+                );
+                (out, if head_only { Bytes::new() } else { body })
+            } else {
+                let out = response(status, ctype, &body, keep_alive, cors, origin, extra);
+                (out, Bytes::new())
+            }
         }
         Err(e) => {
             metrics::refused(&e);
             access::refused(Some(req), &e);
-            error_response(&e, keep_alive, cors, origin)
+            (error_response(&e, keep_alive, cors, origin), Bytes::new())
         }
     };
-    if req.method == Method::Head {
-        head_only(out)
+    if head_only {
+        (head_only_response(out), body)
     } else {
-        out
+        (out, body)
     }
 }
 
@@ -300,7 +335,7 @@ fn index(ctx: &Context, req: &Request) -> Answer {
 fn snapshot(ctx: &Context, req: &Request, topic: &str) -> Result<Answer, ApiError> {
     not_starting()?;
     let principal = authenticate(ctx, req)?;
-    let topic = lookup_topic(ctx, topic)?;
+    let topic = lookup_topic(ctx, topic, Maker::Reader(principal.key()))?;
     authorize(ctx, &principal, &topic.name)?;
     let filter = row_filter(&topic, req, &[])?;
     Ok((
@@ -366,7 +401,7 @@ fn stream_token(ctx: &Context, req: &Request, mut body: Vec<u8>) -> Result<Answe
             let t = t
                 .as_str()
                 .ok_or(ApiError::bad_request("topic must be a string"))?;
-            let topic = lookup_topic(ctx, t)?;
+            let topic = lookup_topic(ctx, t, Maker::Reader(Some(key)))?;
             authorize(ctx, &Principal::Key(key), &topic.name)?;
             scope = Some(topic.name.to_string());
         }

@@ -11,7 +11,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
@@ -142,8 +142,8 @@ pub async fn serve(
                 Ok(false) => {
                     // Not an endpoint that takes a body: answer (404 or 405)
                     // without reading it, and close.
-                    if let Reply::Now(out) = route(&ctx, &req, Vec::new(), false) {
-                        let _ = stream.write_all(out.freeze()).await;
+                    if let Reply::Now(out, body) = route(&ctx, &req, Vec::new(), false) {
+                        let _ = write_response(&mut stream, out, body).await;
                     }
                     close_gracefully(&mut stream).await;
                     return;
@@ -170,15 +170,24 @@ pub async fn serve(
             buf.drain(..req.head_len);
             Vec::new()
         };
-        let out = match route(&ctx, &req, body, keep_alive) {
-            Reply::Now(out) => out,
+        let (out, body) = match route(&ctx, &req, body, keep_alive) {
+            Reply::Now(out, body) => (out, body),
             // `[cluster]`: the 202 waits for JetStream to store the update.
-            Reply::Stored(s) => stored(&ctx, &req, s.wait().await, keep_alive),
+            Reply::Stored(s) => (stored(&ctx, &req, s.wait().await, keep_alive), Bytes::new()),
         };
-        if stream.write_all(out.freeze()).await.0.is_err() || !keep_alive {
+        if !write_response(&mut stream, out, body).await || !keep_alive {
             return;
         }
     }
+}
+
+/// Writes a response: its head (and small body), then a large body from its
+/// own buffer. False when the connection failed.
+async fn write_response(stream: &mut TcpStream, head: BytesMut, body: Bytes) -> bool {
+    if stream.write_all(head.freeze()).await.0.is_err() {
+        return false;
+    }
+    body.is_empty() || stream.write_all(body).await.0.is_ok()
 }
 
 /// Hands an admitted stream to the hot side: the response head (CORS for

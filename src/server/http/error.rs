@@ -130,6 +130,9 @@ impl From<TopicError> for ApiError {
             TopicError::Invalid => ApiError::bad_request("invalid topic name"),
             TopicError::NotFound => ApiError::not_found("no such topic"),
             TopicError::TooMany => ApiError::unavailable("too many topics on this node"),
+            TopicError::KeyCap => ApiError::unavailable(
+                "this key has made too many topics that hold nothing; try again later",
+            ),
         }
     }
 }

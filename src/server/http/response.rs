@@ -51,8 +51,35 @@ pub fn response(
     extra: &str,
 ) -> BytesMut {
     let mut out = BytesMut::with_capacity(192 + body.len());
+    response_head(
+        &mut out,
+        status,
+        content_type,
+        body.len(),
+        keep_alive,
+        cors,
+        origin,
+        extra,
+    );
+    out.put_slice(body);
+    out
+}
+
+/// The head of a response whose body of `body_len` bytes is sent after it
+/// from its own buffer (a shared snapshot is never copied per request).
+#[allow(clippy::too_many_arguments)]
+pub fn response_head(
+    out: &mut BytesMut,
+    status: u16,
+    content_type: &str,
+    body_len: usize,
+    keep_alive: bool,
+    cors: &Cors,
+    origin: Option<&str>,
+    extra: &str,
+) {
     out.put_slice(b"HTTP/1.1 ");
-    sse::put_u64(&mut out, status.into());
+    sse::put_u64(out, status.into());
     out.put_u8(b' ');
     out.put_slice(reason(status).as_bytes());
     out.put_slice(b"\r\n");
@@ -60,7 +87,7 @@ pub fn response(
         out.put_slice(b"Content-Type: ");
         out.put_slice(content_type.as_bytes());
         out.put_slice(b"\r\nContent-Length: ");
-        sse::put_u64(&mut out, body.len() as u64);
+        sse::put_u64(out, body_len as u64);
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"Cache-Control: no-store\r\n");
@@ -69,11 +96,9 @@ pub fn response(
     } else {
         b"Connection: close\r\n"
     });
-    cors_headers(&mut out, cors, origin);
+    cors_headers(out, cors, origin);
     out.put_slice(extra.as_bytes());
     out.put_slice(b"\r\n");
-    out.put_slice(body);
-    out
 }
 
 /// The head of a whole response, without its body (the answer to `HEAD`:

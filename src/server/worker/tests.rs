@@ -31,11 +31,7 @@ fn drain(sub: &Subscriber) -> Vec<String> {
 fn publish(hub: &Hub, t: &Arc<Topic>, n: u32) -> u64 {
     hub.publish(
         t,
-        vec![Row {
-            json: Bytes::from(format!("{{\"n\":{n}}}")),
-            key: None,
-            fields: Box::new([]),
-        }],
+        vec![Row::new(format!("{{\"n\":{n}}}").as_bytes(), &[], &[])],
     )
 }
 
@@ -79,10 +75,12 @@ fn a_filter_group_shares_one_rejoined_frame_and_skips_empty_ones() {
     for s in &subs {
         drain(s);
     }
-    let row = |book: &str| Row {
-        json: Bytes::from(format!("{{\"book\":\"{book}\"}}")),
-        key: None,
-        fields: Box::new([Some(book.into())]),
+    let row = |book: &str| {
+        Row::new(
+            format!("{{\"book\":\"{book}\"}}").as_bytes(),
+            &[],
+            &[Some(book)],
+        )
     };
     hub.publish(&t, vec![row("a"), row("z")]);
     hub.publish(&t, vec![row("z")]);
@@ -385,11 +383,7 @@ fn slow_consumer_is_told_to_reconnect() {
     for _ in 0..8 {
         hub.publish(
             &t,
-            vec![Row {
-                json: Bytes::from(format!("\"{big}\"")),
-                key: None,
-                fields: Box::new([]),
-            }],
+            vec![Row::new(format!("\"{big}\"").as_bytes(), &[], &[])],
         );
         w.on_inbox();
     }
