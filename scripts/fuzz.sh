@@ -4,12 +4,15 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # SECONDS (default 20) is each target's -max_total_time; no TARGET means all
-# of them (`cargo fuzz list`). Needs the nightly toolchain; installs
-# cargo-fuzz when it is missing. Each target starts from its committed corpus
+# of them (`cargo fuzz list`). Uses the nightly toolchain when rustup has
+# one, else the stable one with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs -Z
+# flags; stable ships the sanitizer runtimes too). Installs cargo-fuzz when
+# it is missing. Each target starts from its committed corpus
 # (fuzz/corpus/TARGET, read only here) with its dictionary (fuzz/dict/) and
 # writes what it finds to a scratch directory, so a run leaves the tree
 # clean. A crash is saved under fuzz/artifacts/TARGET/ and reproduces with
 #   cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...
+# (or, with only the stable toolchain, RUSTC_BOOTSTRAP=1 cargo fuzz run ...)
 # Exits non-zero when any target failed (all of them run regardless).
 # To grow a committed corpus instead, see fuzz/README.md.
 set -euo pipefail
@@ -21,19 +24,22 @@ if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then
   shift
 fi
 
-if ! cargo +nightly --version >/dev/null 2>&1; then
-  rustup toolchain install nightly --profile minimal
-fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
+fi
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  fuzz=(cargo +nightly fuzz)
+else
+  export RUSTC_BOOTSTRAP=1
+  fuzz=(cargo fuzz)
 fi
 
 if [[ $# -gt 0 ]]; then
   targets=("$@")
 else
-  mapfile -t targets < <(cargo +nightly fuzz list)
+  mapfile -t targets < <("${fuzz[@]}" list)
   # One cargo invocation builds every target at once (`run` builds one).
-  cargo +nightly fuzz build
+  "${fuzz[@]}" build
 fi
 
 scratch=$(mktemp -d)
@@ -47,7 +53,7 @@ for t in "${targets[@]}"; do
   if [[ -f fuzz/dict/$t.dict ]]; then
     args+=(-dict="fuzz/dict/$t.dict")
   fi
-  if ! cargo +nightly fuzz run "$t" "$scratch/$t" "fuzz/corpus/$t" -- "${args[@]}"; then
+  if ! "${fuzz[@]}" run "$t" "$scratch/$t" "fuzz/corpus/$t" -- "${args[@]}"; then
     failed+=("$t")
   fi
 done
