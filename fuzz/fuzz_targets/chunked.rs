@@ -1,4 +1,4 @@
-//! The streaming chunked-body decoder (`server::chunked::ChunkedDecoder`),
+//! The streaming chunked-body decoder (`server::http::chunked::ChunkedDecoder`),
 //! fed the input in pieces, against a whole-input reference decoder built on
 //! `httparse::parse_chunk_size` plus the decoder's documented stricter rules
 //! (at least one size digit, CRLF line ends only, extension and trailer caps).
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::server::chunked::{
+use sluice::server::http::chunked::{
     ChunkError, ChunkedDecoder, MAX_EXTENSION_BYTES, MAX_TRAILER_BYTES, Progress,
 };
 
