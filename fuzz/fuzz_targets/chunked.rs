@@ -71,10 +71,10 @@ fn reference(buf: &[u8]) -> Ref {
         if !line.first().is_some_and(u8::is_ascii_hexdigit) || line.contains(&b'\n') {
             return Ref::Malformed;
         }
-        if let Some(semi) = line.iter().position(|&b| b == b';') {
-            if line.len() - semi - 1 > MAX_EXTENSION_BYTES as usize {
-                return Ref::Malformed;
-            }
+        if let Some(semi) = line.iter().position(|&b| b == b';')
+            && line.len() - semi - 1 > MAX_EXTENSION_BYTES as usize
+        {
+            return Ref::Malformed;
         }
         i += n;
         if size == 0 {
