@@ -454,6 +454,12 @@ pub fn parse_template(s: &str) -> Option<Vec<Part>> {
                 rest = &rest[end + 1..];
             }
             Some(i) => {
+                // A `}` outside a variable is refused, before a `{` as
+                // anywhere else (the fuzz target `route_params` found
+                // `}{f}` accepted while `}` alone was not).
+                if rest[..i].contains('}') {
+                    return None;
+                }
                 parts.push(Part::Lit(rest[..i].to_string()));
                 rest = &rest[i..];
             }
