@@ -61,6 +61,26 @@ pub fn update_frame<'a>(
     out.freeze()
 }
 
+/// True for an update frame ([`update_frame`], a replayed one included):
+/// an `event:` line, then an `id:` line, and not an initial state. Every
+/// other frame sluice writes (connected, initial state, heartbeats, closing
+/// frames) fails it, since topic event names may not take the names of
+/// sluice's own frames (`config::RESERVED_EVENTS`). Reads only the frame's
+/// first line and the start of its second (the metering counts the update
+/// frames a write completed with it).
+pub fn is_update(frame: &[u8]) -> bool {
+    let Some(rest) = frame.strip_prefix(b"event: ") else {
+        return false;
+    };
+    if rest.starts_with(b"initial_state\n") {
+        return false;
+    }
+    match memchr::memchr(b'\n', rest) {
+        Some(nl) => rest[nl + 1..].starts_with(b"id: "),
+        None => false,
+    }
+}
+
 /// Number of rows and their bytes with separators.
 fn measure<'a>(rows: impl Iterator<Item = &'a Bytes>) -> (usize, usize) {
     rows.fold((0, 0), |(n, len), r| (n + 1, len + r.len() + 1))
@@ -285,6 +305,42 @@ mod tests {
             std::str::from_utf8(&f).unwrap(),
             "retry: 3000\nevent: connected\ndata: {\"type\":\"connected\",\"topic\":\"ticker/AAPL\",\"tier\":\"enterprise\",\"push_mode\":\"coalesced\",\"min_push_interval_s\":0.5,\"transport\":\"sse\",\"heartbeat_s\":15,\"resumed\":false,\"timestamp\":9}\n\n"
         );
+    }
+
+    #[test]
+    fn only_update_frames_are_updates() {
+        let rows = [Bytes::from_static(br#"{"a":1}"#)];
+        assert!(is_update(&update_frame("update", "t", 1, 2, rows.iter())));
+        assert!(is_update(&update_frame(
+            "odds_update",
+            "t",
+            1,
+            2,
+            [].iter()
+        )));
+        let c = Connected {
+            retry_ms: 1,
+            topic: "t",
+            tier: "scale",
+            coalesce_ms: 0,
+            heartbeat_s: 15,
+            resumed: false,
+            ts_ms: 9,
+        };
+        for other in [
+            initial_state_frame("t", 3, 5, rows.iter()),
+            connected_frame(&c),
+            heartbeat(17),
+            timeout_frame(5),
+            limit_frame(5),
+            reconnect_frame(ReconnectReason::Shutdown, 3000),
+            error_frame("unauthorized", "gone"),
+            Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
+            Bytes::from_static(b"event: update"),
+            Bytes::new(),
+        ] {
+            assert!(!is_update(&other), "{other:?}");
+        }
     }
 
     #[test]
