@@ -20,6 +20,12 @@
 //!   [`server::worker`] (subscribers, fan-out, write permits, the timer
 //!   wheel, vectored write batches and the stream loop).
 //!
+//! * [`metering`]: usage per key (SPEC §9), the `sluice-metering` thread
+//!   that appends stream and minute records to the usage file and keeps the
+//!   totals of `GET /v1/usage`. A stream counts what its writes complete in
+//!   its subscriber; [`server::worker::meter`] folds that into per-key
+//!   accounts once a second and when the stream ends, off the per-event path.
+//!
 //! * [`bench`]: `sluice bench`, the SSE load generator (its own runtime
 //!   threads; it shares nothing with the server but the crate).
 //!
@@ -53,6 +59,7 @@ pub mod bench;
 pub mod config;
 pub mod fault;
 pub mod hub;
+pub mod metering;
 pub mod metrics;
 pub mod server;
 pub mod sources;

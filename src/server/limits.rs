@@ -139,6 +139,13 @@ impl KeySlot {
     }
 }
 
+impl KeySlot {
+    /// The key's index into the settings' keys.
+    pub fn index(&self) -> usize {
+        self.key
+    }
+}
+
 impl Drop for KeySlot {
     fn drop(&mut self) {
         self.hub.release_key_stream(self.key);

@@ -4,7 +4,9 @@
 //!
 //! Cold module. Shutdown (SIGTERM / SIGINT): the hub drains, every stream is
 //! told `reconnect` (reason `shutdown`, jittered retry), and each worker
-//! waits until its streams have closed or `worker::DRAIN_GRACE_S` has passed.
+//! waits until its streams have closed or `worker::DRAIN_GRACE_S` has passed,
+//! then sends the usage records of the streams it still has; once every
+//! worker has stopped, the metering writes and syncs what it holds.
 //! Meanwhile every worker keeps accepting and answers each new request 503
 //! (`unavailable`; `/healthz`: `draining`). A worker that is done goes on
 //! answering until every worker is done, and then they all stop: the kernel
@@ -51,6 +53,8 @@ pub enum ServerError {
     Signals(io::Error),
     #[error("worker {0} stopped unexpectedly; exiting")]
     WorkerDied(usize),
+    #[error("cannot open the metering file {0}: {1}")]
+    Metering(std::path::PathBuf, io::Error),
 }
 
 /// Which I/O driver the workers run on.
@@ -92,6 +96,10 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
         );
     }
 
+    if let Some(m) = &settings.metering {
+        crate::metering::start(m, settings.workers)
+            .map_err(|e| ServerError::Metering(m.path.clone(), e))?;
+    }
     let hub = Arc::new(Hub::new(settings.clone()));
     let keys = Arc::new(Keys::new(&settings.keys));
     let driver = DriverChoice::from_env();
@@ -148,6 +156,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
                 ended += 1;
                 if !hub.is_draining() {
                     tracing::error!(worker = id, "worker {id} stopped unexpectedly");
+                    crate::metering::finish();
                     return Err(ServerError::WorkerDied(id));
                 }
             }
@@ -155,6 +164,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
         }
     }
     drop(signals);
+    // Every worker has recorded its streams: write the last records.
     tracing::info!("stopped");
     Ok(())
 }
@@ -168,6 +178,8 @@ fn spawn_signal_thread(hub: Arc<Hub>) -> Result<std::thread::JoinHandle<()>, Ser
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == SIGHUP {
+                    // logrotate: the usage file moved away.
+                    crate::metering::reopen();
                     tracing::warn!("SIGHUP: reload is not supported yet; configuration unchanged");
                     continue;
                 }
@@ -267,6 +279,9 @@ async fn worker_main(
         monoio::time::sleep(DRAIN_POLL).await;
     }
     tracing::info!(streams = w.streams.get(), "worker {id} drained its streams");
+    // Usage records for the streams still open, before the worker counts
+    // as done (the main thread then ends the metering).
+    w.finish_metering();
     drop(drained);
     // Keep accepting (and answering 503) until every worker is done.
     while !w.hub.all_workers_drained() {

@@ -172,6 +172,10 @@ fn begin_stream(ctx: &Context, stream: TcpStream, conn: ConnSlot, req: &Request,
     );
     cors_headers(&mut head, &s.cors, req.header("origin"));
     head.put_slice(b"\r\n");
+    let account = match &a.key {
+        Some(k) => s.keys[k.index()].name.as_str(),
+        None => crate::metering::ANONYMOUS_KEY,
+    };
     let start = StreamStart {
         topic: a.topic.clone(),
         cadence: tier.cadence,
@@ -180,6 +184,7 @@ fn begin_stream(ctx: &Context, stream: TcpStream, conn: ConnSlot, req: &Request,
         last_id: a.last_id,
         heartbeat_s: a.heartbeat_s,
         max_duration_s: s.max_duration_s,
+        account,
         key: a.key,
         head: head.freeze(),
         connected: sse::Connected {

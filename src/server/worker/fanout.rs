@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::iovec::Frame;
-use super::subscriber::{SubState, Subscriber, jittered_retry};
+use super::subscriber::{CloseReason, SubState, Subscriber, jittered_retry};
 use super::{MAX_QUEUED_BYTES, Worker};
 use crate::hub::{Filter, Read, Start, Topic};
 use crate::sse::{self, ReconnectReason};
@@ -214,7 +214,7 @@ impl Worker {
                 m.events.set(n);
                 if max_events != 0 && n >= max_events {
                     let limit = self.frames.borrow().limit.clone();
-                    self.close(m, limit, now);
+                    self.close(m, limit, CloseReason::Limit, now);
                 }
             }
             self.nudge(m);
@@ -234,6 +234,7 @@ impl Worker {
             self.close(
                 m,
                 Rc::new(sse::reconnect_frame(ReconnectReason::SlowConsumer, retry)),
+                CloseReason::SlowConsumer,
                 now,
             );
             self.counters
@@ -247,9 +248,9 @@ impl Worker {
     }
     /// Queues a closing frame on an open stream and files it under its close
     /// deadline (its wheel entry may be as far as a heartbeat away).
-    pub(super) fn close(&self, m: &Rc<Subscriber>, frame: Frame, now: u64) {
+    pub(super) fn close(&self, m: &Rc<Subscriber>, frame: Frame, reason: CloseReason, now: u64) {
         if m.state.get() == SubState::Open {
-            m.close_with(frame, now);
+            m.close_with(frame, reason, now);
             self.put(m.clone(), m.close_deadline.get());
         }
     }

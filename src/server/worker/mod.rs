@@ -23,6 +23,7 @@
 
 pub mod fanout;
 pub mod iovec;
+pub mod meter;
 pub mod permits;
 pub mod stream;
 pub mod subscriber;
@@ -50,7 +51,7 @@ use subscriber::{Subscriber, jittered_retry};
 use wheel::secs_to_ms;
 
 pub use permits::{BULK_TURN, PERMIT_STALL, WRITE_PERMITS};
-pub use subscriber::SubState;
+pub use subscriber::{CloseReason, SubState};
 pub use wheel::TICK_MS;
 
 /// Most bytes queued on one connection before it is a slow consumer.
@@ -112,6 +113,8 @@ pub struct Worker {
     /// what a write hands to the kernel and gets back, so the pool keeps it.
     #[allow(clippy::vec_box)]
     batches: RefCell<Vec<Box<FrameBatch>>>,
+    /// Usage metering (`None`: off).
+    pub meter: Option<meter::WorkerMeter>,
 }
 
 impl Worker {
@@ -148,6 +151,7 @@ impl Worker {
             reaper_running: Cell::new(false),
             reaper_waker: Cell::new(None),
             batches: RefCell::new(Vec::new()),
+            meter: crate::metering::sender().map(|tx| meter::WorkerMeter::new(id, tx)),
         }
     }
 
@@ -187,12 +191,19 @@ impl Worker {
                 self.close(
                     m,
                     Rc::new(sse::reconnect_frame(ReconnectReason::Shutdown, retry)),
+                    CloseReason::Shutdown,
                     now,
                 );
             }
             for cg in &tg.cadences {
                 tg.topic.remove_interest(self.id, cg.cadence);
             }
+        }
+    }
+    /// The worker stops: usage records for the streams it still has.
+    pub fn finish_metering(&self) {
+        if let Some(m) = &self.meter {
+            m.finish();
         }
     }
     /// True once a draining worker may stop.

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use super::subscriber::{SubState, Subscriber};
+use super::subscriber::{CloseReason, SubState, Subscriber};
 use super::{NOT_WRITING, Worker};
 
 /// Most stream writes a worker has in flight at once. Under light load no
@@ -201,6 +201,9 @@ impl Worker {
             since != NOT_WRITING && now.saturating_sub(since) >= limit
         };
         let abort = |sub: &Subscriber| {
+            if sub.state.get() == SubState::Open {
+                sub.close_reason.set(CloseReason::SlowConsumer);
+            }
             if sub.state.get() != SubState::Abort {
                 sub.state.set(SubState::Abort);
                 sub.wake();

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
 
-use super::subscriber::{SubState, Subscriber};
+use super::subscriber::{CloseReason, SubState, Subscriber};
 use super::{Worker, frame};
 use crate::hub::{Filter, Start, Topic};
 use crate::server::limits::{ConnSlot, KeySlot, StreamSlot};
@@ -42,6 +42,9 @@ pub struct StreamStart<'a> {
     pub max_duration_s: u32,
     /// The key's stream slot (`max_connections`), if the request had a key.
     pub key: Option<KeySlot>,
+    /// The name its usage is metered under: its key's, or
+    /// `metering::ANONYMOUS_KEY`.
+    pub account: &'a str,
     /// The HTTP response head (status line and headers, CORS included).
     pub head: Bytes,
     /// The `connected` frame's fields; `resumed` is filled in here.
@@ -52,12 +55,15 @@ pub struct StreamStart<'a> {
 /// no live frame comes between them), joins the fan-out and spawns the
 /// stream's task, which owns the socket from here on.
 pub fn start(w: &Rc<Worker>, stream: TcpStream, conn: ConnSlot, s: StreamStart<'_>) {
-    let sub = Rc::new(Subscriber::new(
-        w.now(),
-        s.heartbeat_s,
-        s.max_duration_s,
-        s.raw_tier,
-    ));
+    let mut sub = Subscriber::new(w.now(), s.heartbeat_s, s.max_duration_s, s.raw_tier);
+    if let Some(m) = &w.meter {
+        let tier = s.connected.tier;
+        sub = sub.metered(Box::new(m.start(s.account, &s.topic, tier, s.head.len())));
+    }
+    let sub = Rc::new(sub);
+    if let Some(m) = &w.meter {
+        m.track(&sub);
+    }
     let start = w.subscribe(&s.topic, s.cadence, s.filter.map(Rc::new), &sub, s.last_id);
     sub.push(frame(s.head));
     let mut connected = s.connected;
@@ -78,7 +84,8 @@ pub fn start(w: &Rc<Worker>, stream: TcpStream, conn: ConnSlot, s: StreamStart<'
             }
             sub.count_events(u32::try_from(n).unwrap_or(u32::MAX));
             if max_events != 0 && sub.events() >= max_events {
-                sub.close_with(frame(sse::limit_frame(max_events)), w.now());
+                let limit = frame(sse::limit_frame(max_events));
+                sub.close_with(limit, CloseReason::Limit, w.now());
             }
         }
         Start::Fresh(f) => sub.push(frame(f)),
@@ -159,6 +166,7 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
                 batch = b;
                 match res {
                     Ok(n) if n > 0 => {
+                        sub.count_written(&batch, n);
                         batch.advance(n);
                         if !batch.is_empty() {
                             // A short write: the socket is full. The rest
@@ -176,6 +184,9 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
     }
     w.release_write(sub);
     sub.set_closed();
+    if let Some(m) = &w.meter {
+        m.stream_ended(sub);
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 use super::iovec::{Frame, FrameBatch};
+use super::meter::StreamMeter;
 use super::wheel::secs_to_ms;
 use super::{CLOSE_GRACE_S, NOT_WRITING};
 
@@ -23,6 +24,41 @@ pub enum SubState {
     Abort,
     /// The connection task has ended.
     Closed,
+}
+
+/// Why a stream ended, as usage records name it (`"close"`): the first
+/// closing frame queued decides; a stream that ended without one was closed
+/// (or broken) by its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the connection, or it failed.
+    Client,
+    /// `max_duration_s` (`event: timeout`).
+    Timeout,
+    /// `max_events` (`event: limit`).
+    Limit,
+    /// The node drained (`event: reconnect`, reason `shutdown`).
+    Shutdown,
+    /// A reload changed the stream's tier (`event: reconnect`, `reload`).
+    Reload,
+    /// The client did not keep up (`event: reconnect`, `slow_consumer`).
+    SlowConsumer,
+    /// A reload removed the stream's key (`event: error`, `unauthorized`).
+    Unauthorized,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Limit => "limit",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Reload => "reload",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Unauthorized => "unauthorized",
+        }
+    }
 }
 
 /// The worker-side half of one SSE connection, shared (`Rc`) between its
@@ -54,6 +90,15 @@ pub struct Subscriber {
     pub(super) write_since: Cell<u64>,
     /// A raw-tier stream: waits for write permits ahead of coalesced ones.
     pub(super) raw_tier: bool,
+    /// Why the stream is closing (set with its closing frame).
+    pub(super) close_reason: Cell<CloseReason>,
+    /// Metered streams only: bytes the socket took (the response head
+    /// included) and update frames written whole, counted once per write.
+    pub(super) sent_bytes: Cell<u64>,
+    pub(super) sent_events: Cell<u64>,
+    /// Its usage record's identity and what was folded into its key's
+    /// account so far (`None`: metering is off).
+    pub(super) meter: Option<Box<StreamMeter>>,
 }
 
 impl Subscriber {
@@ -79,7 +124,32 @@ impl Subscriber {
             permit_epoch: Cell::new(0),
             write_since: Cell::new(NOT_WRITING),
             raw_tier,
+            close_reason: Cell::new(CloseReason::Client),
+            sent_bytes: Cell::new(0),
+            sent_events: Cell::new(0),
+            meter: None,
         }
+    }
+
+    /// The same stream, metered.
+    pub fn metered(mut self, meter: Box<StreamMeter>) -> Subscriber {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// Counts a write of `n` bytes from `batch` (call before the batch
+    /// advances): the bytes and the update frames it completed. Metered
+    /// streams only: two adds and a look at each completed frame's head.
+    pub fn count_written(&self, batch: &FrameBatch, n: usize) {
+        if self.meter.is_some() {
+            self.sent_bytes.set(self.sent_bytes.get() + n as u64);
+            self.sent_events
+                .set(self.sent_events.get() + batch.completed_updates(n));
+        }
+    }
+
+    pub fn close_reason(&self) -> CloseReason {
+        self.close_reason.get()
     }
 
     pub fn state(&self) -> SubState {
@@ -127,8 +197,9 @@ impl Subscriber {
     }
 
     /// Queues a closing frame and lets the connection flush, then close.
-    pub fn close_with(&self, frame: Frame, now: u64) {
+    pub fn close_with(&self, frame: Frame, reason: CloseReason, now: u64) {
         if self.state.get() == SubState::Open {
+            self.close_reason.set(reason);
             self.push(frame);
             self.state.set(SubState::Closing);
             self.close_deadline

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::Worker;
-use super::subscriber::{SubState, Subscriber};
+use super::subscriber::{CloseReason, SubState, Subscriber};
 use crate::sse;
 use crate::time::unix_secs;
 
@@ -66,7 +66,7 @@ impl Worker {
     }
     /// Runs every wheel tick due by the clock (several when the worker was
     /// late): heartbeats, max durations, closing grace; and once a second
-    /// the group sweep and the metrics.
+    /// the group sweep, the metrics and the usage folds.
     pub fn tick(&self) {
         let (now, stamp) = self.clock();
         let target = now / TICK_MS;
@@ -90,6 +90,9 @@ impl Worker {
             self.close_stalled(now);
             self.sweep_groups();
             self.counters.flush(self.streams.get());
+            if let Some(m) = &self.meter {
+                m.tick();
+            }
         }
     }
     /// One tick's slot. `now` is the clock rounded down (deadlines are due
@@ -117,7 +120,7 @@ impl Worker {
                 }
                 SubState::Open => {
                     if now >= sub.deadline {
-                        sub.close_with(timeout.clone(), stamp);
+                        sub.close_with(timeout.clone(), CloseReason::Timeout, stamp);
                         let at = sub.close_deadline.get();
                         self.put(sub, at);
                         continue;
