@@ -165,6 +165,7 @@ pub fn run(mut settings: Settings) -> Result<(), ServerError> {
     }
     drop(signals);
     // Every worker has recorded its streams: write the last records.
+    crate::metering::finish();
     tracing::info!("stopped");
     Ok(())
 }

@@ -200,7 +200,11 @@ impl WorkerMeter {
             if m.recorded.get() {
                 return false;
             }
-            fold(sub, m, upto);
+            // A stream that started after `upto` (a minute's end the worker
+            // is late with) has nothing in the minutes before it.
+            if m.start_ms < upto {
+                fold(sub, m, upto);
+            }
             true
         });
     }
