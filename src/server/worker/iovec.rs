@@ -148,7 +148,7 @@ mod tests {
     #[test]
     fn completed_updates_counts_whole_update_frames_only() {
         let hb = ": heartbeat 1\n\n";
-        let up = "event: update\nid: 1\ndata: {}\n\n";
+        let up = "event: update\nid: 1\ndata: {\"data\":[]}\n\n";
         let (h, u) = (hb.len(), up.len());
         let mut q: VecDeque<Frame> = [frame(hb), frame(up), frame(up)].into_iter().collect();
         let mut b = FrameBatch::new();

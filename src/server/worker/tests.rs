@@ -417,7 +417,7 @@ fn a_stopping_worker_records_its_open_streams_with_what_their_writes_completed()
     let meter = m.start("acme", &t, "scale", head.len());
     let sub = Rc::new(Subscriber::new(0, 15, 0, true).metered(Box::new(meter)));
     m.track(&sub);
-    let update = "event: update\nid: 7\ndata: {}\n\n";
+    let update = "event: update\nid: 7\ndata: {\"data\":[]}\n\n";
     for f in [head, ": heartbeat 1\n\n", update, update] {
         sub.push(frame(Bytes::from_static(f.as_bytes())));
     }
