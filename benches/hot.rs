@@ -14,6 +14,11 @@
 //! * `publish/parse`: parsing a 20-row publish body into rows
 //!   (`sources::publish::parse_rows`, simd-json) versus serde_json.
 //!
+//! * `metering/*`: what a metered stream adds to each write: counting the
+//!   bytes and the update frames it completed (`Subscriber::count_written`,
+//!   a write of one one-row update frame, as in the fan-out) versus the same
+//!   call on a stream that is not metered (one branch).
+//!
 //! Run: `cargo bench --bench hot` (pin it: `taskset -c 1 cargo bench ...`).
 
 use std::collections::VecDeque;
@@ -218,5 +223,41 @@ fn publish(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, encode, filter, ring, coalesce, publish);
+fn metering(c: &mut Criterion) {
+    use sluice::server::worker::iovec::FrameBatch;
+    use sluice::server::worker::meter::WorkerMeter;
+    use sluice::server::worker::subscriber::Subscriber;
+    let hub = hub("[tiers.raw]\ncoalesce_ms = 0");
+    let topic = hub.topic("test").unwrap();
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let meter = WorkerMeter::new(0, tx);
+    let rows = [Bytes::from(row(1))];
+    let update = sse::update_frame(
+        "update",
+        "test",
+        42,
+        1_700_000_000_000,
+        rows.iter().map(|b| &b[..]),
+    );
+    let batch_of = |sub: &Subscriber| {
+        sub.push(std::rc::Rc::new(update.clone()));
+        let mut batch = FrameBatch::new();
+        sub.take_into(&mut batch);
+        batch
+    };
+    let metered =
+        Subscriber::new(0, 15, 0, true).metered(Box::new(meter.start("k", &topic, "raw", 100)));
+    let batch = batch_of(&metered);
+    let n = update.len();
+    c.bench_function("metering/count_a_write_of_1_update", |b| {
+        b.iter(|| metered.count_written(black_box(&batch), black_box(n)))
+    });
+    let plain = Subscriber::new(0, 15, 0, true);
+    let batch = batch_of(&plain);
+    c.bench_function("metering/baseline_unmetered_write", |b| {
+        b.iter(|| plain.count_written(black_box(&batch), black_box(n)))
+    });
+}
+
+criterion_group!(benches, encode, filter, ring, coalesce, publish, metering);
 criterion_main!(benches);

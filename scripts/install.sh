@@ -131,6 +131,9 @@ fi
 install -d -m 0755 /usr/share/doc/sluice
 install -m 0644 README.md /usr/share/doc/sluice/README.md
 install -m 0644 systemd/sluice.service /etc/systemd/system/sluice.service
+# rotation of the usage file ([metering], default /var/lib/sluice/usage.jsonl)
+install -d -m 0755 /etc/logrotate.d
+install -m 0644 systemd/sluice.logrotate /etc/logrotate.d/sluice
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   if [ "$start" = 1 ]; then

@@ -4,6 +4,7 @@
 #
 #   scripts/peer-bench.sh SCENARIO [TARGET ...]     default targets: sluice floor
 #   e.g. scripts/peer-bench.sh fanout-10k sluice floor nchan
+#   scripts/peer-bench.sh fanout-10k sluice sluice-metered   # metering off, then on
 #
 # Results: one JSON line per run in $BENCH_WORK/results.jsonl, tables via
 # report.py. Server on core 0, load on core 1 (the harness's own pinning).
@@ -21,6 +22,8 @@ mkdir -p "$work"
 (cd "$src" && tar --exclude=./target --exclude=./results.jsonl -cf - .) | (cd "$work" && tar -xf -)
 chmod -R u+w "$work"
 cp "$repo/scripts/bench-target.sh" "$work/targets/sluice.sh"
+# sluice-metered: the same, with usage metering on (scripts/bench-metered.toml)
+sed 's/SLUICE_CONFIG/SLUICE_METERED_CONFIG/g' "$repo/scripts/bench-target.sh" > "$work/targets/sluice-metered.sh"
 [ -x "$work/target/release/ssebench" ] && [ -x "$work/floor/floor" ] || (cd "$work" && ./build.sh >/dev/null)
 
 # SLUICE_BIN=path runs another build (e.g. a copy of an older one, to
@@ -30,6 +33,7 @@ if [ -z "${SLUICE_BIN:-}" ]; then
   SLUICE_BIN="$repo/target/release/sluice"
 fi
 export SLUICE_BIN SLUICE_CONFIG="${SLUICE_CONFIG:-$repo/scripts/bench.toml}" SLUICE_REPO="$repo" SLUICE_LABEL="${SLUICE_LABEL:-}"
+export SLUICE_METERED_CONFIG="$repo/scripts/bench-metered.toml"
 for t in "${targets[@]}"; do
   "$work/run.sh" "$t" "$scenario"
 done

@@ -27,6 +27,12 @@
 //! * [`cluster`]: with `[cluster]`, publishes go to a NATS JetStream
 //!   stream and every node applies it in order (its own tokio thread).
 //!
+//! * [`metering`]: usage per key (SPEC §9), the `sluice-metering` thread
+//!   that appends stream and minute records to the usage file and keeps the
+//!   totals of `GET /v1/usage`. A stream counts what its writes complete in
+//!   its subscriber; [`server::worker::meter`] folds that into per-key
+//!   accounts once a second and when the stream ends, off the per-event path.
+//!
 //! * [`bench`]: `sluice bench`, the SSE load generator (its own runtime
 //!   threads; it shares nothing with the server but the crate).
 //!
@@ -62,6 +68,7 @@ pub mod config;
 pub mod fault;
 pub mod hub;
 pub mod logging;
+pub mod metering;
 pub mod metrics;
 pub mod server;
 pub mod sources;

@@ -53,6 +53,15 @@ pub fn update_frame<'a>(
     out.freeze()
 }
 
+/// True for an update frame ([`update_frame`], a replayed one included).
+/// Of the frames sluice writes, only update frames and initial states end
+/// their data with the rows' `]}`, and initial states begin with their
+/// fixed `event:` line: two fixed-size compares, no scan (the metering asks
+/// this of every frame a metered stream's write completes).
+pub fn is_update(frame: &[u8]) -> bool {
+    frame.ends_with(b"]}\n\n") && !frame.starts_with(b"event: initial_state\n")
+}
+
 /// Number of rows and their bytes with separators.
 fn measure<'a>(rows: impl Iterator<Item = &'a [u8]>) -> (usize, usize) {
     rows.fold((0, 0), |(n, len), r| (n + 1, len + r.len() + 1))
@@ -287,6 +296,49 @@ mod tests {
             std::str::from_utf8(&f).unwrap(),
             "retry: 3000\nevent: connected\ndata: {\"type\":\"connected\",\"topic\":\"ticker/AAPL\",\"tier\":\"enterprise\",\"push_mode\":\"coalesced\",\"min_push_interval_s\":0.5,\"transport\":\"sse\",\"heartbeat_s\":15,\"resumed\":false,\"timestamp\":9}\n\n"
         );
+    }
+
+    #[test]
+    fn only_update_frames_are_updates() {
+        let rows: [&[u8]; 1] = [br#"{"a":1}"#];
+        assert!(is_update(&update_frame(
+            "update",
+            "t",
+            1,
+            2,
+            rows.iter().copied()
+        )));
+        let none: [&[u8]; 0] = [];
+        assert!(is_update(&update_frame(
+            "odds_update",
+            "t",
+            1,
+            2,
+            none.iter().copied()
+        )));
+        let c = Connected {
+            retry_ms: 1,
+            topic: "t",
+            tier: "scale",
+            coalesce_ms: 0,
+            heartbeat_s: 15,
+            resumed: false,
+            ts_ms: 9,
+        };
+        for other in [
+            initial_state_frame("t", 3, 5, rows.iter().copied()).0,
+            connected_frame(&c),
+            heartbeat(17),
+            timeout_frame(5),
+            limit_frame(5),
+            reconnect_frame(ReconnectReason::Shutdown, 3000),
+            error_frame("unauthorized", "gone"),
+            Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
+            Bytes::from_static(b"event: update"),
+            Bytes::new(),
+        ] {
+            assert!(!is_update(&other), "{other:?}");
+        }
     }
 
     #[test]

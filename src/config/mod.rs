@@ -107,6 +107,7 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     sources: Vec<RawSource>,
     cluster: Option<RawCluster>,
+    metering: Option<RawMetering>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +273,18 @@ struct RawSource {
     snapshot_url: Option<Spanned<String>>,
     idle_timeout_s: Option<Spanned<u32>>,
     backoff_max_ms: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetering {
+    path: Spanned<String>,
+    #[serde(default = "default_flush_s")]
+    flush_s: Spanned<u32>,
+}
+
+fn default_flush_s() -> Spanned<u32> {
+    Spanned::new(0..0, 10)
 }
 
 // ---------------------------------------------------------------- validated
@@ -474,6 +487,31 @@ pub fn parse_template(s: &str) -> Option<Vec<Part>> {
     }
     Some(parts)
 }
+
+/// `[metering]` (SPEC §9): usage records appended to `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metering {
+    pub path: std::path::PathBuf,
+    /// Seconds between two `fdatasync`s of the file.
+    pub flush_s: u32,
+}
+
+/// Longest `flush_s`.
+pub const MAX_FLUSH_S: u32 = 3600;
+/// The key name usage records give streams without a key (`auth.required =
+/// false`); no configured key may take it while metering is on.
+pub const ANONYMOUS_KEY: &str = "anonymous";
+/// Event names of sluice's own frames: a topic's `event` may not take one,
+/// so that a client (and the metering, which counts update frames by their
+/// head) can tell updates from them.
+pub const RESERVED_EVENTS: &[&str] = &[
+    "connected",
+    "initial_state",
+    "timeout",
+    "limit",
+    "reconnect",
+    "error",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -695,6 +733,8 @@ pub struct Settings {
     pub sources: Vec<Source>,
     /// `[cluster]`: `None` keeps the node on its own, in memory.
     pub cluster: Option<ClusterSettings>,
+    /// `[metering]`; `None`: usage is not metered.
+    pub metering: Option<Metering>,
 }
 
 /// What the hot stream code (workers, fan-out, wheel, permits) needs of the
@@ -1091,6 +1131,12 @@ fn validate(
     for t in raw.topics {
         let pattern = parse_patterns(src, std::slice::from_ref(&t.pattern))?.remove(0);
         let ev = t.event.get_ref();
+        if RESERVED_EVENTS.contains(&ev.as_str()) {
+            return Err(err(
+                t.event.span(),
+                format!("event '{ev}' is the name of one of sluice's own frames"),
+            ));
+        }
         if ev.is_empty()
             || ev.len() > 64
             || !ev
@@ -1151,6 +1197,7 @@ fn validate(
         Some(c) => Some(validate_cluster(src, c)?),
         None => None,
     };
+    let metering = validate_metering(src, raw.metering, &keys, a.required)?;
 
     Ok(Settings {
         listen,
@@ -1185,6 +1232,7 @@ fn validate(
         routes,
         sources,
         cluster,
+        metering,
     })
 }
 
@@ -1472,6 +1520,47 @@ fn validate_source(
         idle_timeout_s,
         backoff_max_ms,
     })
+}
+
+/// `[metering]`: a path and `flush_s` 1..MAX_FLUSH_S; with optional keys,
+/// no key may be named [`ANONYMOUS_KEY`].
+fn validate_metering(
+    src: &str,
+    raw: Option<RawMetering>,
+    keys: &[Key],
+    auth_required: bool,
+) -> Result<Option<Metering>, ConfigError> {
+    let Some(m) = raw else {
+        return Ok(None);
+    };
+    if m.path.get_ref().trim().is_empty() {
+        return Err(ConfigError::at(
+            src,
+            Some(m.path.span()),
+            "metering.path must name a file",
+        ));
+    }
+    if !(1..=MAX_FLUSH_S).contains(m.flush_s.get_ref()) {
+        return Err(ConfigError::at(
+            src,
+            Some(m.flush_s.span()).filter(|s| !s.is_empty()),
+            format!("metering.flush_s must be 1..{MAX_FLUSH_S}"),
+        ));
+    }
+    if !auth_required && keys.iter().any(|k| k.name == ANONYMOUS_KEY) {
+        return Err(ConfigError::at(
+            src,
+            find_span(src, &format!("\"{ANONYMOUS_KEY}\"")),
+            format!(
+                "key name '{ANONYMOUS_KEY}' is reserved: usage records name streams \
+                 without a key so (auth.required = false)"
+            ),
+        ));
+    }
+    Ok(Some(Metering {
+        path: m.path.into_inner().into(),
+        flush_s: m.flush_s.into_inner(),
+    }))
 }
 
 /// The span of the first occurrence of `needle` in `src`, for errors about
@@ -1909,6 +1998,39 @@ snapshot_url = "https://origin.example:9000/snapshot"
         let e = with_env(&format!("{two}{}", two.replace(SOURCE_TOPICS, ""))).unwrap_err();
         assert!(e.message.contains("duplicate source name 's'"), "{e}");
         assert_eq!(e.line, 9, "{e}");
+    }
+
+    #[test]
+    fn metering_section() {
+        let s = Settings::from_toml("[metering]\npath = \"/tmp/u.jsonl\"\n").unwrap();
+        let m = s.metering.unwrap();
+        assert_eq!(m.path, std::path::PathBuf::from("/tmp/u.jsonl"));
+        assert_eq!(m.flush_s, 10);
+        assert!(Settings::from_toml("").unwrap().metering.is_none());
+        let e = Settings::from_toml("[metering]\npath = \"/tmp/u\"\nflush_s = 0\n").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 11), "{e}");
+        let e = Settings::from_toml("[metering]\npath = \" \"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        let e = Settings::from_toml("[metering]\nflush_s = 1\n").unwrap_err();
+        assert!(e.message.contains("path"), "{e}");
+        let e = Settings::from_toml("[metering]\npath = \"/tmp/u\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        // Streams without a key are metered as "anonymous": no key may be.
+        let anon = "[auth]\nrequired = false\nanonymous_tier = \"scale\"\n\
+                    [[keys]]\nname = \"anonymous\"\nkey = \"k\"\ntier = \"scale\"\n";
+        assert!(Settings::from_toml(anon).is_ok());
+        let e = Settings::from_toml(&format!("{anon}[metering]\npath = \"/tmp/u\"\n")).unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.message.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn a_topic_event_may_not_be_named_like_sluices_own_frames() {
+        for ev in RESERVED_EVENTS {
+            let src = format!("[[topics]]\npattern = \"*\"\nevent = \"{ev}\"\n");
+            let e = Settings::from_toml(&src).unwrap_err();
+            assert_eq!((e.line, e.column), (3, 9), "{e}");
+        }
     }
 
     #[test]

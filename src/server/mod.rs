@@ -7,7 +7,9 @@
 //!
 //! Cold module. Shutdown (SIGTERM / SIGINT): the hub drains, every stream is
 //! told `reconnect` (reason `shutdown`, jittered retry), and each worker
-//! waits until its streams have closed or `worker::DRAIN_GRACE_S` has passed.
+//! waits until its streams have closed or `worker::DRAIN_GRACE_S` has passed,
+//! then sends the usage records of the streams it still has; once every
+//! worker has stopped, the metering writes and syncs what it holds.
 //! Meanwhile every worker keeps accepting and answers each new request 503
 //! (`unavailable`; `/healthz`: `draining`). A worker that is done goes on
 //! answering until every worker is done, and then they all stop: the kernel
@@ -64,6 +66,8 @@ pub enum ServerError {
     Signals(io::Error),
     #[error("worker {0} stopped unexpectedly; exiting")]
     WorkerDied(usize),
+    #[error("cannot open the metering file {0}: {1}")]
+    Metering(std::path::PathBuf, io::Error),
 }
 
 /// Runs the server until SIGTERM / SIGINT and a clean drain. `config_path`
@@ -89,6 +93,10 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
         );
     }
 
+    if let Some(m) = &settings.metering {
+        crate::metering::start(m, settings.workers)
+            .map_err(|e| ServerError::Metering(m.path.clone(), e))?;
+    }
     let hub = Arc::new(Hub::new(settings.clone()));
     let published = reload::Published::new(http::Config::new(settings.clone()), settings.workers);
     if let Some(admin_addr) = settings.admin_listen {
@@ -150,6 +158,7 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
                 ended += 1;
                 if !hub.is_draining() {
                     tracing::error!(worker = id, "worker {id} stopped unexpectedly");
+                    crate::metering::finish();
                     return Err(ServerError::WorkerDied(id));
                 }
             }
@@ -163,6 +172,8 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
         }
     }
     drop(signals);
+    // Every worker has recorded its streams: write the last records.
+    crate::metering::finish();
     tracing::info!("stopped");
     Ok(())
 }
@@ -182,8 +193,8 @@ fn spawn_signal_thread(
                 if sig == SIGHUP {
                     systemd::reloading();
                     reloader.on_sighup();
-                    // Other SIGHUP duties go here, after the reload (the
-                    // usage meter reopens its file).
+                    // logrotate: the usage file moved away.
+                    crate::metering::reopen();
                     // READY=1 once the reload has been applied by every
                     // worker, or has failed.
                     systemd::ready(&systemd::status(&hub));
@@ -264,6 +275,9 @@ async fn worker_main(
         monoio::time::sleep(DRAIN_POLL).await;
     }
     tracing::info!(streams = w.streams.get(), "worker {id} drained its streams");
+    // Usage records for the streams still open, before the worker counts
+    // as done (the main thread then ends the metering).
+    w.finish_metering();
     drop(drained);
     // Keep accepting (and answering 503) until every worker is done.
     while !w.hub.all_workers_drained() {

@@ -89,7 +89,13 @@ pub fn stream_target(ctx: &Context, req: &Request) -> Option<Result<Target, ApiE
         return None;
     }
     // sluice's own endpoints are never shadowed by a route
-    let own = ["/healthz", "/metrics", "/v1/topics", "/v1/stream/token"];
+    let own = [
+        "/healthz",
+        "/metrics",
+        "/v1/topics",
+        "/v1/usage",
+        "/v1/stream/token",
+    ];
     if own.contains(&req.path.as_str())
         || req.path.starts_with("/v1/snapshot/")
         || req.path.starts_with("/v1/publish/")
@@ -223,10 +229,15 @@ pub fn stream_params(ctx: &Context, req: &Request) -> Result<(u32, Option<u64>),
     Ok((heartbeat_s, last_id))
 }
 
-/// The topic a publish may write to: a publisher key, allowed on it.
-pub fn publish_target(ctx: &Context, req: &Request, topic: &str) -> Result<Arc<Topic>, ApiError> {
+/// The topic a publish may write to, and the key publishing: a publisher
+/// key, allowed on the topic.
+pub fn publish_target(
+    ctx: &Context,
+    req: &Request,
+    topic: &str,
+) -> Result<(Arc<Topic>, usize), ApiError> {
     let principal = authenticate(ctx, req)?;
-    match principal {
+    let key = match principal {
         Principal::Anonymous => {
             return Err(ApiError::unauthorized("publishing needs a publisher key"));
         }
@@ -236,11 +247,11 @@ pub fn publish_target(ctx: &Context, req: &Request, topic: &str) -> Result<Arc<T
         Principal::Key(k) if !ctx.settings.keys[k].role.may_publish() => {
             return Err(ApiError::forbidden("this key may not publish"));
         }
-        Principal::Key(_) => {}
-    }
+        Principal::Key(k) => k,
+    };
     let topic = lookup_topic(ctx, topic, Maker::Publisher)?;
     authorize(ctx, &principal, &topic.name)?;
-    Ok(topic)
+    Ok((topic, key))
 }
 
 /// The key a stream token is issued for: any API key.

@@ -34,6 +34,7 @@ GET  /v1/snapshot/{topic}   state table as JSON\n\
 POST /v1/publish/{topic}    publish rows (publisher key)\n\
 POST /v1/stream/token       a short-lived token for ?token= (any key)\n\
 GET  /v1/topics             topics (admin key)\n\
+GET  /v1/usage              usage per key since start (admin key, [metering])\n\
 GET  /healthz  GET /metrics\n";
 
 /// The demo page (`GET /` from a browser, when the demo feed runs):
@@ -54,6 +55,7 @@ pub enum Endpoint<'a> {
     StreamToken,
     Publish(&'a str),
     Topics,
+    Usage,
     /// `GET /__sluice/panic` with `SLUICE_TEST_PANIC=request` (tests).
     InjectedPanic,
     /// `GET /__sluice/stall` with `SLUICE_TEST_STALL=worker` (tests).
@@ -74,6 +76,7 @@ impl<'a> Endpoint<'a> {
             "/" => Endpoint::Index,
             "/v1/stream/token" => Endpoint::StreamToken,
             "/v1/topics" => Endpoint::Topics,
+            "/v1/usage" => Endpoint::Usage,
             "/__sluice/panic" if crate::fault::injected("request") => Endpoint::InjectedPanic,
             "/__sluice/stall" if crate::fault::stall_injected("worker") => Endpoint::InjectedStall,
             _ => {
@@ -244,6 +247,7 @@ fn answer(ctx: &Context, req: &Request, body: Vec<u8>) -> Result<Answered, ApiEr
         Endpoint::StreamToken => stream_token(ctx, req, body).map(Answered::from),
         Endpoint::Publish(topic) => publish(ctx, req, topic, body),
         Endpoint::Topics => topics(ctx, req).map(Answered::from),
+        Endpoint::Usage => usage(ctx, req).map(Answered::from),
         Endpoint::InjectedPanic => panic!("injected fault (SLUICE_TEST_PANIC=request)"),
         Endpoint::InjectedStall => crate::fault::stall_forever(),
         Endpoint::NotFound => Err(ApiError::not_found("no such endpoint")),
@@ -350,7 +354,7 @@ fn snapshot(ctx: &Context, req: &Request, topic: &str) -> Result<Answer, ApiErro
 /// stored; a retry with the same `Idempotency-Key` within the stream's
 /// duplicate window is stored once and answered with the same id.
 fn publish(ctx: &Context, req: &Request, topic: &str, body: Vec<u8>) -> Result<Answered, ApiError> {
-    let topic = publish_target(ctx, req, topic)?;
+    let (topic, key) = publish_target(ctx, req, topic)?;
     let ndjson = req.header("content-type").is_some_and(|c| {
         c.starts_with("application/x-ndjson") || c.starts_with("application/ndjson")
     });
@@ -368,6 +372,11 @@ fn publish(ctx: &Context, req: &Request, topic: &str, body: Vec<u8>) -> Result<A
         msg_id.as_deref(),
     )
     .inspect_err(|e| tracing::debug!(error = %e, "publish refused"))?;
+    let rows = match &submitted {
+        Submitted::Applied(a) => a.rows,
+        Submitted::Stored { rows, .. } => *rows,
+    };
+    crate::metering::published(&ctx.settings.keys[key].name, rows);
     Ok(match submitted {
         Submitted::Applied(a) => Answered::Now(accepted(a)),
         stored => Answered::Stored(stored),
@@ -419,17 +428,18 @@ fn stream_token(ctx: &Context, req: &Request, mut body: Vec<u8>) -> Result<Answe
     Ok((200, "application/json", Bytes::from(s)))
 }
 
+/// Admin keys only: 401 without a key, 403 with another one.
+fn require_admin(ctx: &Context, req: &Request, refusal: &'static str) -> Result<(), ApiError> {
+    match authenticate(ctx, req)? {
+        Principal::Key(k) if ctx.settings.keys[k].role == Role::Admin => Ok(()),
+        Principal::Key(_) | Principal::Token(_) => Err(ApiError::forbidden(refusal)),
+        Principal::Anonymous => Err(ApiError::unauthorized(refusal)),
+    }
+}
+
 /// `GET /v1/topics`: admin keys only.
 fn topics(ctx: &Context, req: &Request) -> Result<Answer, ApiError> {
-    match authenticate(ctx, req)? {
-        Principal::Key(k) if ctx.settings.keys[k].role == Role::Admin => {}
-        Principal::Key(_) | Principal::Token(_) => {
-            return Err(ApiError::forbidden("listing topics needs an admin key"));
-        }
-        Principal::Anonymous => {
-            return Err(ApiError::unauthorized("listing topics needs an admin key"));
-        }
-    }
+    require_admin(ctx, req, "listing topics needs an admin key")?;
     let mut s = String::from(r#"{"topics":["#);
     for (i, t) in ctx.hub.topics().iter().enumerate() {
         let (seq, rows) = t.stats();
@@ -444,6 +454,18 @@ fn topics(ctx: &Context, req: &Request) -> Result<Answer, ApiError> {
     }
     s.push_str("]}");
     Ok((200, "application/json", Bytes::from(s)))
+}
+
+/// `GET /v1/usage` (SPEC §9): admin keys only; every configured key and
+/// any other name metered (`anonymous`), since start. 404 without
+/// `[metering]`.
+fn usage(ctx: &Context, req: &Request) -> Result<Answer, ApiError> {
+    require_admin(ctx, req, "usage needs an admin key")?;
+    let names = ctx.settings.keys.iter().map(|k| k.name.as_str());
+    let body = crate::metering::usage_json(names).ok_or(ApiError::not_found(
+        "usage is not metered: the config has no [metering] section",
+    ))?;
+    Ok((200, "application/json", Bytes::from(body)))
 }
 
 #[cfg(test)]
@@ -474,6 +496,7 @@ mod tests {
                 Endpoint::StreamToken,
             ),
             ("GET /v1/topics HTTP/1.1\r\n\r\n", Endpoint::Topics),
+            ("GET /v1/usage HTTP/1.1\r\n\r\n", Endpoint::Usage),
             ("OPTIONS /v1/sse/x HTTP/1.1\r\n\r\n", Endpoint::Preflight),
             ("GET /__sluice/panic HTTP/1.1\r\n\r\n", Endpoint::NotFound),
             ("GET /nothing HTTP/1.1\r\n\r\n", Endpoint::NotFound),

@@ -202,6 +202,10 @@ fn begin_stream(ctx: &Context, stream: TcpStream, conn: ConnSlot, req: &Request,
     );
     cors_headers(&mut head, &s.cors, req.header("origin"));
     head.put_slice(b"\r\n");
+    let account = match a.key_index {
+        Some(k) => s.keys[k].name.as_str(),
+        None => crate::metering::ANONYMOUS_KEY,
+    };
     let start = StreamStart {
         topic: a.topic.clone(),
         cadence: tier.cadence,
@@ -211,6 +215,7 @@ fn begin_stream(ctx: &Context, stream: TcpStream, conn: ConnSlot, req: &Request,
         last_id: a.last_id,
         heartbeat_s: a.heartbeat_s,
         max_duration_s: s.max_duration_s,
+        account,
         key: a.key,
         auth: StreamAuth {
             key: a.key_index.and_then(|k| u32::try_from(k).ok()),

@@ -81,6 +81,21 @@ impl FrameBatch {
         self.iovecs.is_empty()
     }
 
+    /// How many update frames ([`crate::sse::is_update`]) the first `n`
+    /// bytes written complete (call before [`FrameBatch::advance`]). Only
+    /// metered streams ask: it reads the head of each completed frame.
+    pub fn completed_updates(&self, mut n: usize) -> u64 {
+        let mut updates = 0;
+        for (v, f) in self.iovecs.iter().zip(&self.frames) {
+            if n < v.iov_len {
+                break;
+            }
+            n -= v.iov_len;
+            updates += u64::from(crate::sse::is_update(f));
+        }
+        updates
+    }
+
     /// Bytes still to write.
     pub fn remaining(&self) -> usize {
         self.iovecs.iter().map(|v| v.iov_len).sum()
@@ -128,6 +143,26 @@ mod tests {
         assert!(!b.advance(1));
         assert!(b.advance(3));
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn completed_updates_counts_whole_update_frames_only() {
+        let hb = ": heartbeat 1\n\n";
+        let up = "event: update\nid: 1\ndata: {\"data\":[]}\n\n";
+        let (h, u) = (hb.len(), up.len());
+        let mut q: VecDeque<Frame> = [frame(hb), frame(up), frame(up)].into_iter().collect();
+        let mut b = FrameBatch::new();
+        assert_eq!(b.fill(&mut q), h + 2 * u);
+        assert_eq!(b.completed_updates(h), 0);
+        assert_eq!(b.completed_updates(h + u - 1), 0);
+        assert_eq!(b.completed_updates(h + u), 1);
+        assert_eq!(b.completed_updates(h + 2 * u), 2);
+        // A frame begun by one write and completed by the next counts once.
+        b.advance(h + 3);
+        assert_eq!(b.completed_updates(u - 4), 0);
+        assert_eq!(b.completed_updates(u - 3), 1);
+        b.advance(u - 3);
+        assert_eq!(b.completed_updates(u), 1);
     }
 
     #[test]

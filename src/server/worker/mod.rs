@@ -23,6 +23,7 @@
 
 pub mod fanout;
 pub mod iovec;
+pub mod meter;
 pub mod permits;
 pub mod stream;
 pub mod subscriber;
@@ -115,6 +116,8 @@ pub struct Worker {
     /// what a write hands to the kernel and gets back, so the pool keeps it.
     #[allow(clippy::vec_box)]
     batches: RefCell<Vec<Box<FrameBatch>>>,
+    /// Usage metering (`None`: off).
+    pub meter: Option<meter::WorkerMeter>,
 }
 
 impl Worker {
@@ -152,6 +155,7 @@ impl Worker {
             reaper_running: Cell::new(false),
             reaper_waker: Cell::new(None),
             batches: RefCell::new(Vec::new()),
+            meter: crate::metering::sender().map(|tx| meter::WorkerMeter::new(id, tx)),
         }
     }
 
@@ -254,6 +258,12 @@ impl Worker {
         done
     }
 
+    /// The worker stops: usage records for the streams it still has.
+    pub fn finish_metering(&self) {
+        if let Some(m) = &self.meter {
+            m.finish();
+        }
+    }
     /// True once a draining worker may stop.
     pub fn drained(&self) -> bool {
         match self.draining_since.get() {

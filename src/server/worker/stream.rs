@@ -47,6 +47,9 @@ pub struct StreamStart<'a> {
     pub key: Option<KeySlot>,
     /// Its key and tier, for reloads.
     pub auth: StreamAuth,
+    /// The name its usage is metered under: its key's, or
+    /// `metering::ANONYMOUS_KEY`.
+    pub account: &'a str,
     /// The HTTP response head (status line and headers, CORS included).
     pub head: Bytes,
     /// The `connected` frame's fields; `resumed` is filled in here.
@@ -57,13 +60,16 @@ pub struct StreamStart<'a> {
 /// no live frame comes between them), joins the fan-out and spawns the
 /// stream's task, which owns the socket from here on.
 pub fn start(w: &Rc<Worker>, stream: TcpStream, conn: ConnSlot, s: StreamStart<'_>) {
-    let sub = Rc::new(Subscriber::new(
-        w.now(),
-        s.heartbeat_s,
-        s.max_duration_s,
-        s.raw_tier,
-    ));
+    let mut sub = Subscriber::new(w.now(), s.heartbeat_s, s.max_duration_s, s.raw_tier);
+    if let Some(m) = &w.meter {
+        let tier = s.connected.tier;
+        sub = sub.metered(Box::new(m.start(s.account, &s.topic, tier, s.head.len())));
+    }
+    let sub = Rc::new(sub);
     sub.set_auth(s.auth);
+    if let Some(m) = &w.meter {
+        m.track(&sub);
+    }
     let start = w.subscribe(&s.topic, s.cadence, s.filter.map(Rc::new), &sub, s.last_id);
     sub.push(frame(s.head));
     let mut connected = s.connected;
@@ -172,6 +178,7 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
                 batch = b;
                 match res {
                     Ok(n) if n > 0 => {
+                        sub.count_written(&batch, n);
                         sub.wrote(n);
                         w.counters.written(n);
                         batch.advance(n);
@@ -195,6 +202,9 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
     w.release_write(sub);
     sub.set_closed();
     access::stream_closed(w, sub, &slot);
+    if let Some(m) = &w.meter {
+        m.stream_ended(sub);
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 use super::iovec::{Frame, FrameBatch};
+use super::meter::StreamMeter;
 use super::wheel::secs_to_ms;
 use super::{CLOSE_GRACE_S, NOT_WRITING};
 use crate::server::access::CloseReason;
@@ -78,6 +79,13 @@ pub struct Subscriber {
     pub(super) close_reason: Cell<Option<CloseReason>>,
     /// Its key and tier (cold: read by metrics at its close and by reloads).
     pub(super) auth: Cell<StreamAuth>,
+    /// Metered streams only: bytes the socket took (the response head
+    /// included) and update frames written whole, counted once per write.
+    pub(super) sent_bytes: Cell<u64>,
+    pub(super) sent_events: Cell<u64>,
+    /// Its usage record's identity and what was folded into its key's
+    /// account so far (`None`: metering is off).
+    pub(super) meter: Option<Box<StreamMeter>>,
 }
 
 impl Subscriber {
@@ -102,6 +110,26 @@ impl Subscriber {
             bytes: Cell::new(0),
             close_reason: Cell::new(None),
             auth: Cell::new(StreamAuth::default()),
+            sent_bytes: Cell::new(0),
+            sent_events: Cell::new(0),
+            meter: None,
+        }
+    }
+
+    /// The same stream, metered.
+    pub fn metered(mut self, meter: Box<StreamMeter>) -> Subscriber {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// Counts a write of `n` bytes from `batch` (call before the batch
+    /// advances): the bytes and the update frames it completed. Metered
+    /// streams only: two adds and a look at each completed frame's head.
+    pub fn count_written(&self, batch: &FrameBatch, n: usize) {
+        if self.meter.is_some() {
+            self.sent_bytes.set(self.sent_bytes.get() + n as u64);
+            self.sent_events
+                .set(self.sent_events.get() + batch.completed_updates(n));
         }
     }
 

@@ -488,3 +488,68 @@ fn a_reload_applies_its_verdicts_and_new_limits_to_open_streams() {
         ]
     );
 }
+
+#[test]
+fn a_stopping_worker_records_its_open_streams_with_what_their_writes_completed() {
+    use crate::metering::Msg;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = Settings::from_toml("[server]\nworkers = 1\n[[topics]]\npattern = \"*\"\n").unwrap();
+    let hub = Arc::new(Hub::new(Arc::new(s)));
+    let mut w = Worker::new(0, hub.clone());
+    w.meter = Some(meter::WorkerMeter::new(0, tx));
+    let t = hub.topic("a").unwrap();
+    let m = w.meter.as_ref().unwrap();
+    let head = "HTTP/1.1 200 OK\r\n\r\n";
+    let meter = m.start("acme", &t, "scale", head.len());
+    let sub = Rc::new(Subscriber::new(0, 15, 0, true).metered(Box::new(meter)));
+    m.track(&sub);
+    let update = "event: update\nid: 7\ndata: {\"data\":[]}\n\n";
+    for f in [head, ": heartbeat 1\n\n", update, update] {
+        sub.push(frame(Bytes::from_static(f.as_bytes())));
+    }
+    let mut batch = FrameBatch::new();
+    sub.take_into(&mut batch);
+    // The socket takes all but the last frame's final byte.
+    let n = batch.remaining() - 1;
+    sub.count_written(&batch, n);
+    m.finish();
+
+    // (A minute may end meanwhile: its messages are left out here.)
+    let msgs: Vec<Msg> = rx
+        .try_iter()
+        .filter(|m| !matches!(m, Msg::MinuteDone { .. }))
+        .collect();
+    let body = (n - head.len()) as u64;
+    let (mut events, mut bytes) = (0, 0);
+    for m in &msgs {
+        if let Msg::Delta {
+            key,
+            events: e,
+            bytes: b,
+            ..
+        } = m
+        {
+            assert_eq!(&**key, "acme");
+            (events, bytes) = (events + e, bytes + b);
+        }
+    }
+    assert_eq!((events, bytes), (1, body));
+    match (msgs.first(), &msgs[msgs.len() - 2..]) {
+        (Some(Msg::Opened { key }), [Msg::Closed(r), Msg::WorkerDone { worker: 0 }]) => {
+            assert_eq!(&**key, "acme");
+            assert_eq!(
+                (
+                    &*r.key,
+                    &*r.tier,
+                    &*r.topic.name,
+                    r.events,
+                    r.bytes,
+                    r.close
+                ),
+                ("acme", "scale", "a", 1, body, "shutdown")
+            );
+            assert!(r.end_ms >= r.start_ms);
+        }
+        _ => panic!("unexpected messages: {}", msgs.len()),
+    }
+}

@@ -67,7 +67,7 @@ impl Worker {
     }
     /// Runs every wheel tick due by the clock (several when the worker was
     /// late): heartbeats, max durations, closing grace; and once a second
-    /// the group sweep and the metrics.
+    /// the group sweep, the metrics and the usage folds.
     pub fn tick(&self) {
         let (now, stamp) = self.clock();
         let target = now / TICK_MS;
@@ -91,6 +91,9 @@ impl Worker {
             self.close_stalled(now);
             self.sweep_groups();
             self.counters.flush();
+            if let Some(m) = &self.meter {
+                m.tick();
+            }
         }
     }
     /// One tick's slot. `now` is the clock rounded down (deadlines are due
