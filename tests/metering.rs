@@ -219,7 +219,9 @@ fn the_file_matches_what_clients_received_across_a_graceful_stop() {
         // The client closes the first stream: its record comes at once.
         let first = clients.remove(0).expected();
         eventually("the closed stream's record", || {
-            streams_so_far(&path).iter().any(|r| r["close"] == "client_closed")
+            streams_so_far(&path)
+                .iter()
+                .any(|r| r["close"] == "client_closed")
         });
         let a_more: Vec<String> = (5..7)
             .map(|i| s.publish("m/a", &format!("{{\"n\":{i}}}")))
