@@ -140,7 +140,7 @@ fn filter(c: &mut Criterion) {
     let rows: Vec<Row> = (0..20)
         .map(|i| odds_row(i, if i % 2 == 0 { "pinnacle" } else { "novig" }))
         .collect();
-    h.publish(&t, rows);
+    h.publish(&t, rows).unwrap();
     let Read::Frame(entry) = t.ring(0).unwrap().read(0) else {
         panic!("a frame")
     };
@@ -178,7 +178,7 @@ fn coalesce(c: &mut Criterion) {
     c.bench_function("coalesce/100_updates_10_keys_then_tick", |b| {
         b.iter(|| {
             for i in 0..100 {
-                h.publish(&t, vec![odds_row(i % 10, "pinnacle")]);
+                h.publish(&t, vec![odds_row(i % 10, "pinnacle")]).unwrap();
             }
             now += 1000;
             black_box(h.flush_cadence(1, now))
@@ -189,7 +189,7 @@ fn coalesce(c: &mut Criterion) {
     c.bench_function("coalesce/baseline_100_updates_raw_only", |b| {
         b.iter(|| {
             for i in 0..100 {
-                raw.publish(&t, vec![odds_row(i % 10, "pinnacle")]);
+                raw.publish(&t, vec![odds_row(i % 10, "pinnacle")]).unwrap();
             }
         })
     });

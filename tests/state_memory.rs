@@ -66,12 +66,12 @@ fn measure(pad: usize, n: usize) -> (f64, f64) {
         json += rows.iter().map(String::len).sum::<usize>();
         let mut body = format!("[{}]", rows.join(",")).into_bytes();
         let rows = parse_rows(&mut body, false, &t.key_fields, &t.fields).unwrap();
-        hub.publish(&t, rows);
+        hub.publish(&t, rows).unwrap();
     }
     for _ in 0..32 {
         let mut b = br#"{"id":0,"v":2}"#.to_vec();
         let rows = parse_rows(&mut b, false, &t.key_fields, &t.fields).unwrap();
-        hub.publish(&t, rows);
+        hub.publish(&t, rows).unwrap();
     }
     let live = (LIVE.load(Ordering::Relaxed) - before) as f64;
     (live / n as f64, json as f64 / n as f64)
@@ -80,11 +80,13 @@ fn measure(pad: usize, n: usize) -> (f64, f64) {
 #[test]
 fn rows_cost_their_bytes_and_a_small_fixed_overhead() {
     // A million tiny rows (19 bytes of JSON each): before, every row kept
-    // simd-json's 1 KiB encode buffer and a second copy of its key.
+    // simd-json's 1 KiB encode buffer and a second copy of its key; then an
+    // `Arc` per row, a `Vec<Row>` slot and a hashbrown index cost ~55 bytes
+    // of fixed overhead per row (3.9x). The arena table is within 2x.
     let (per_row, json) = measure(0, 1_000_000);
     eprintln!("tiny rows: {per_row:.1} heap bytes per row, {json:.1} JSON bytes");
     assert!(
-        per_row <= json + 64.0,
+        per_row <= 2.0 * json,
         "{per_row:.1} heap bytes per row of {json:.1} JSON bytes"
     );
     // Rows of ~100 bytes: the state is at most twice their JSON.

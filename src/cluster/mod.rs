@@ -651,10 +651,13 @@ fn apply(hub: &Hub, stream: &str, subject: &str, payload: &[u8], id: u64) {
     };
     let mut body = payload.to_vec();
     match parse_rows(&mut body, false, &topic.key_fields, &topic.fields) {
-        Ok(rows) => {
-            hub.publish_with_id(&topic, rows, id);
-            metrics::counter!("sluice_cluster_applied_total").increment(1);
-        }
+        Ok(rows) => match hub.publish_with_id(&topic, rows, id) {
+            Ok(_) => metrics::counter!("sluice_cluster_applied_total").increment(1),
+            Err(e) => {
+                metrics::counter!("sluice_cluster_skipped_total").increment(1);
+                tracing::error!(topic = %name, error = %e, "cluster update not applied");
+            }
+        },
         Err(e) => {
             metrics::counter!("sluice_cluster_skipped_total").increment(1);
             tracing::warn!(topic = %name, error = %e, "cluster update this node's [[topics]] cannot take; skipped");

@@ -131,7 +131,9 @@ pub fn load(hub: &Hub, topics: &[TopicState<'_>]) {
         };
         match rows {
             Ok(rows) => {
-                hub.publish_with_id(&topic, rows, t.id);
+                if let Err(e) = hub.publish_with_id(&topic, rows, t.id) {
+                    tracing::error!(topic = t.topic, error = %e, "snapshot rows not applied");
+                }
             }
             Err(e) => {
                 tracing::warn!(topic = t.topic, error = %e, "snapshot rows this node's [[topics]] cannot take; skipped");
@@ -298,7 +300,7 @@ mod tests {
             &t.fields,
         )
         .unwrap();
-        h.publish_with_id(&t, rows, id);
+        h.publish_with_id(&t, rows, id).unwrap();
     }
 
     #[test]

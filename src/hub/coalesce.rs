@@ -156,7 +156,7 @@ mod tests {
         let mut last = 0;
         for i in 0..1000u32 {
             // 1,000 updates over one second, three keys
-            last = h.publish(&t, vec![row(i % 3, i)]);
+            last = h.publish(&t, vec![row(i % 3, i)]).unwrap();
             co.run_due(&h, u64::from(i));
         }
         assert!(frames(&h, "k/a", 2).is_empty(), "no tick yet");
@@ -198,7 +198,7 @@ mod tests {
         let t = h.topic("k/b").unwrap();
         t.start(1, None, None); // only the 0.5 s cadence is active
         let mut co = Coalescer::new(&h.settings().cadences, 0);
-        h.publish(&t, vec![row(1, 1)]);
+        h.publish(&t, vec![row(1, 1)]).unwrap();
         co.run_due(&h, 1000);
         assert!(t.ring(0).is_some(), "the raw cadence is always on");
         assert!(t.ring(2).is_none(), "nobody asked for the 1 s cadence");
@@ -211,9 +211,9 @@ mod tests {
         let t = h.topic("l/a").unwrap();
         t.start(1, None, None);
         let mut co = Coalescer::new(&h.settings().cadences, 0);
-        h.publish(&t, vec![row(1, 1)]);
+        h.publish(&t, vec![row(1, 1)]).unwrap();
         co.run_due(&h, 500);
-        h.publish(&t, vec![row(2, 2), row(3, 3)]);
+        h.publish(&t, vec![row(2, 2), row(3, 3)]).unwrap();
         // a subscriber joining between ticks: its initial state holds row 1
         // only; rows 2 and 3 come with the next frame, once
         let (start, pos) = t.start(1, None, None);
@@ -244,7 +244,7 @@ mod tests {
         let mut co = Coalescer::new(&h.settings().cadences, 0);
         let mut ids = Vec::new();
         for tick in 1..=3u64 {
-            h.publish(&t, vec![row(1, tick as u32)]);
+            h.publish(&t, vec![row(1, tick as u32)]).unwrap();
             co.run_due(&h, tick * 500);
             ids.push(t.stats().0);
         }

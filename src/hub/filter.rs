@@ -12,7 +12,7 @@
 //! Hot for [`Filter::passes`]: runs once per row per filtered group per frame,
 //! never per connection; compares bytes, allocates nothing.
 
-use super::Row;
+use super::row::RowRef;
 
 /// Most values one filter parameter may list.
 pub const MAX_FILTER_VALUES: usize = 64;
@@ -129,7 +129,8 @@ impl Filter {
     }
 
     /// True when `row` passes.
-    pub fn passes(&self, row: &Row) -> bool {
+    pub fn passes<'r>(&self, row: impl Into<RowRef<'r>>) -> bool {
+        let row = row.into();
         self.clauses.iter().all(|c| {
             row.field(c.field)
                 .is_some_and(|v| c.values.iter().any(|want| want.matches(v)))
@@ -138,13 +139,14 @@ impl Filter {
 }
 
 /// True when `filter` (if any) lets `row` through.
-pub fn passes(filter: Option<&Filter>, row: &Row) -> bool {
+pub fn passes<'r>(filter: Option<&Filter>, row: impl Into<RowRef<'r>>) -> bool {
     filter.is_none_or(|f| f.passes(row))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Row;
 
     fn fields(v: &[Option<&str>]) -> Row {
         Row::new(b"{}", &[], v)

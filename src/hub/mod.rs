@@ -15,7 +15,9 @@
 //! ([`Hub::publish_with_id`], `cluster`), the same on every node.
 //!
 //! Memory: a row is one allocation of about its JSON's size ([`row`]); a
-//! keyed state table adds ~27 bytes per key (`table`); a ring keeps at most
+//! keyed state table keeps its rows' encoded bytes in one arena and adds
+//! about 12 bytes per key (`table`: 1M rows of 19 bytes take 34 bytes each);
+//! a ring keeps at most
 //! [`ring::MAX_RING_BYTES`]; an initial state is encoded once per cadence and
 //! filter while the table is unchanged and shared by every stream and
 //! snapshot ([`MAX_SHARED_STATES`]); [`Hub::sweep`] frees unused encoded
@@ -45,7 +47,7 @@ use crate::sse;
 use crate::time::{unix_micros, unix_millis};
 pub use filter::Filter;
 pub use ring::{Entry, Read, Ring};
-pub use row::{Row, RowBuilder};
+pub use row::{Row, RowBuilder, RowRef};
 use table::KeyedTable;
 
 /// Most topics a node keeps: the last resort. Before it, topics that hold
@@ -69,8 +71,9 @@ pub enum Maker {
     Reader(Option<usize>),
 }
 
-/// The rows of one frame, shared by the ring, the state table and every
-/// filtered group that re-joins them.
+/// The rows of one frame, shared by the ring, a keyless state table and
+/// every filtered group that re-joins them (a keyed table keeps its own
+/// copy in its arena).
 pub type Rows = Arc<[Row]>;
 
 /// Most bytes of rows a keyless topic gathers for one coalesced frame; past
@@ -333,10 +336,21 @@ impl Topic {
     /// the cadences whose rings got a frame (raw, or a keyless frame flushed
     /// early), and the cadences that became dirty and must be queued for
     /// their next tick.
-    fn publish(&self, rows: Vec<Row>, id: Option<u64>) -> (u64, u32, u32) {
-        let rows: Rows = rows.into();
+    fn publish(&self, rows: Vec<Row>, id: Option<u64>) -> Result<(u64, u32, u32), StateFull> {
         let mut st = self.lock();
         let st = &mut *st;
+        if let Table::Keyed(set) = &mut st.table {
+            // Room for every row first, so a publish is applied whole or
+            // not at all.
+            let bytes = rows
+                .iter()
+                .map(|r| r.view().encoded().len() + 10)
+                .fold(0usize, usize::saturating_add);
+            if !set.reserve(bytes) {
+                return Err(StateFull);
+            }
+        }
+        let rows: Rows = rows.into();
         // A given id is above the last one (the cluster log's order); the
         // max only keeps the ring's order should a caller break that.
         let seq = (st.seq + 1).max(id.unwrap_or_else(unix_micros));
@@ -354,7 +368,7 @@ impl Topic {
                 for row in rows.iter() {
                     // Replaces the row of an equal key in place (its index,
                     // so its place in the state order, stays).
-                    let i = set.upsert(row.clone());
+                    let i = set.upsert(row.view());
                     let mut g = gather;
                     while g != 0 {
                         let c = g.trailing_zeros() as usize;
@@ -404,7 +418,7 @@ impl Topic {
                 newly_dirty |= 1 << c;
             }
         }
-        (seq, pushed, newly_dirty)
+        Ok((seq, pushed, newly_dirty))
     }
 
     /// Encodes one frame of `rows` (once, for every subscriber of cadence
@@ -440,7 +454,7 @@ impl Topic {
                     .drain(..)
                     .map(|i| {
                         bits[i / 64] &= !(1u64 << (i % 64));
-                        set.get(i).clone()
+                        Row::from_ref(set.get(i))
                     })
                     .collect()
             }
@@ -488,13 +502,19 @@ impl Topic {
         c: Option<usize>,
         filter: Option<&'a Filter>,
     ) -> Vec<&'a [u8]> {
-        let pass = move |r: &&'a Row| filter::passes(filter, r);
         match &st.table {
-            Table::Keyed(set) => set.iter().filter(pass).map(Row::json).collect(),
+            Table::Keyed(set) => set
+                .iter()
+                .filter(|r| filter::passes(filter, *r))
+                .map(RowRef::json)
+                .collect(),
             Table::Keyless { rows, .. } => {
                 let pending = c.map_or(0, |c| st.cadences[c].pending.len());
                 let upto = rows.len() - pending.min(rows.len());
-                rows.range(..upto).filter(pass).map(Row::json).collect()
+                rows.range(..upto)
+                    .filter(|r| filter::passes(filter, *r))
+                    .map(Row::json)
+                    .collect()
             }
         }
     }
@@ -614,7 +634,7 @@ impl Topic {
         let kept: Vec<&[u8]> = e
             .rows
             .iter()
-            .filter(|r| f.passes(r))
+            .filter(|r| f.passes(*r))
             .map(Row::json)
             .collect();
         if kept.is_empty() {
@@ -777,6 +797,12 @@ fn reclaimable(t: &Arc<Topic>, now_ms: u64, idle_ms: u64) -> bool {
     let last = t.idle_since_ms.load(Ordering::Relaxed).max(seq / 1000);
     now_ms >= last.saturating_add(idle_ms)
 }
+
+/// A keyed topic's state table would pass [`table::MAX_TABLE_BYTES`]: the
+/// publish was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the topic's state table is full ({} bytes)", table::MAX_TABLE_BYTES)]
+pub struct StateFull;
 
 /// Why a topic name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -978,20 +1004,30 @@ impl Hub {
     }
 
     /// Publishes one update of `rows` (k ≥ 1) and returns its sequence id.
-    pub fn publish(&self, topic: &Arc<Topic>, rows: Vec<Row>) -> u64 {
+    pub fn publish(&self, topic: &Arc<Topic>, rows: Vec<Row>) -> Result<u64, StateFull> {
         self.publish_inner(topic, rows, None)
     }
 
     /// Publishes one update with sequence id `id`, which must be above the
     /// topic's last one (`cluster`: ids come from the JetStream log, the same
     /// on every node). Returns the id used.
-    pub fn publish_with_id(&self, topic: &Arc<Topic>, rows: Vec<Row>, id: u64) -> u64 {
+    pub fn publish_with_id(
+        &self,
+        topic: &Arc<Topic>,
+        rows: Vec<Row>,
+        id: u64,
+    ) -> Result<u64, StateFull> {
         self.publish_inner(topic, rows, Some(id))
     }
 
-    fn publish_inner(&self, topic: &Arc<Topic>, rows: Vec<Row>, id: Option<u64>) -> u64 {
+    fn publish_inner(
+        &self,
+        topic: &Arc<Topic>,
+        rows: Vec<Row>,
+        id: Option<u64>,
+    ) -> Result<u64, StateFull> {
         self.uncount_maker(topic);
-        let (seq, pushed, mut newly_dirty) = topic.publish(rows, id);
+        let (seq, pushed, mut newly_dirty) = topic.publish(rows, id)?;
         while newly_dirty != 0 {
             let c = newly_dirty.trailing_zeros() as usize;
             newly_dirty &= newly_dirty - 1;
@@ -1000,7 +1036,7 @@ impl Hub {
         if pushed != 0 {
             self.notify(topic, pushed);
         }
-        seq
+        Ok(seq)
     }
 
     /// Cadence `c`'s tick: every topic changed since the last one gets its
@@ -1195,7 +1231,7 @@ mod tests {
         // a topic made before the reload serves the cadence it added
         assert!(t.ring(3).is_none());
         t.start(3, None, None);
-        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]).unwrap();
         assert_eq!(h.flush_cadence(3, 250), 1);
         assert_eq!(t.ring(3).map(Ring::tail), Some(1));
     }
@@ -1217,14 +1253,18 @@ mod tests {
     fn keyed_state_keeps_the_latest_row_per_key() {
         let h = hub();
         let t = h.topic("k/1").unwrap();
-        let s1 = h.publish(
-            &t,
-            vec![
-                row(r#"{"id":1,"v":1}"#, Some("1")),
-                row(r#"{"id":2,"v":1}"#, Some("2")),
-            ],
-        );
-        let s2 = h.publish(&t, vec![row(r#"{"id":1,"v":2}"#, Some("1"))]);
+        let s1 = h
+            .publish(
+                &t,
+                vec![
+                    row(r#"{"id":1,"v":1}"#, Some("1")),
+                    row(r#"{"id":2,"v":1}"#, Some("2")),
+                ],
+            )
+            .unwrap();
+        let s2 = h
+            .publish(&t, vec![row(r#"{"id":1,"v":2}"#, Some("1"))])
+            .unwrap();
         assert!(s2 > s1);
         let body = t.snapshot_json(None);
         let text = std::str::from_utf8(&body).unwrap();
@@ -1240,7 +1280,8 @@ mod tests {
         let h = hub();
         let t = h.topic("l/1").unwrap();
         for i in 0..3 {
-            h.publish(&t, vec![row(&format!("{{\"i\":{i}}}"), None)]);
+            h.publish(&t, vec![row(&format!("{{\"i\":{i}}}"), None)])
+                .unwrap();
         }
         let text = String::from_utf8(t.snapshot_json(None).to_vec()).unwrap();
         assert!(text.ends_with(r#""data":[{"i":1},{"i":2}]}"#), "{text}");
@@ -1257,7 +1298,7 @@ mod tests {
     fn starts_and_snapshots_share_one_buffer_until_the_state_changes() {
         let h = hub();
         let t = h.topic("k/s").unwrap();
-        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]).unwrap();
         let a = fresh(t.start(0, None, None));
         let b = fresh(t.start(0, None, None));
         assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer for both streams");
@@ -1277,7 +1318,7 @@ mod tests {
             filtered.as_ptr()
         );
         // a publish makes the next start encode the new state
-        h.publish(&t, vec![row(r#"{"id":2}"#, Some("2"))]);
+        h.publish(&t, vec![row(r#"{"id":2}"#, Some("2"))]).unwrap();
         let c = fresh(t.start(0, None, None));
         assert_ne!(c.as_ptr(), a.as_ptr());
         assert!(
@@ -1292,7 +1333,7 @@ mod tests {
     fn shared_states_are_bounded_and_released_when_unused() {
         let h = hub();
         let t = h.topic("k/b").unwrap();
-        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]).unwrap();
         let filters: Vec<Filter> = (0..MAX_SHARED_STATES + 2)
             .map(|i| Filter::new(vec![filter::Clause::parse(0, &i.to_string()).unwrap()]).unwrap())
             .collect();
@@ -1319,7 +1360,7 @@ mod tests {
         let h = Hub::new(Arc::new(s));
         let t = h.topic("l/p").unwrap();
         fresh(t.start(1, None, None)); // the 1 s cadence is active
-        h.publish(&t, vec![row(r#"{"i":1}"#, None)]);
+        h.publish(&t, vec![row(r#"{"i":1}"#, None)]).unwrap();
         // the coalesced start leaves row 1 out (its next frame brings it)
         let slow = fresh(t.start(1, None, None));
         assert!(std::str::from_utf8(&slow).unwrap().contains(r#""data":[]"#));
@@ -1345,7 +1386,7 @@ mod tests {
         let now = unix_millis();
         h.topic("k/empty").unwrap();
         let t = h.topic("k/rows").unwrap();
-        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]).unwrap();
         drop(t);
         let held = h.topic("k/held").unwrap();
         h.topic("k/subscribed")
@@ -1354,7 +1395,7 @@ mod tests {
             .fetch_add(1, Ordering::Relaxed);
         // keyless without history: updates, yet no rows
         let t = h.topic("l/updated").unwrap();
-        let id = h.publish(&t, vec![row("{}", None)]);
+        let id = h.publish(&t, vec![row("{}", None)]).unwrap();
         drop(t);
         h.sweep(now + 9_000);
         assert_eq!(topic_names(&h).len(), 5, "nothing is idle for 10 s yet");
@@ -1368,7 +1409,7 @@ mod tests {
         assert_eq!(topic_names(&h), ["k/rows", "k/subscribed"]);
         // a topic made again goes on with later ids
         let t = h.topic("l/updated").unwrap();
-        assert!(h.publish(&t, vec![row("{}", None)]) > id);
+        assert!(h.publish(&t, vec![row("{}", None)]).unwrap() > id);
     }
 
     #[test]
@@ -1396,7 +1437,7 @@ mod tests {
         assert_eq!((h.made_empty(Some(0)), h.made_empty(None)), (2, 1));
         // a publish makes k/1 hold something: it no longer counts
         let t = h.topic("k/1").unwrap();
-        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]);
+        h.publish(&t, vec![row(r#"{"id":1}"#, Some("1"))]).unwrap();
         drop(t);
         assert_eq!(h.made_empty(Some(0)), 1);
         h.topic_for("k/3", reader).unwrap();
@@ -1414,7 +1455,10 @@ mod tests {
         let t = h.topic("k/2").unwrap();
         t.start(0, None, None);
         let ids: Vec<u64> = (0..3)
-            .map(|i| h.publish(&t, vec![row(&format!("{{\"id\":{i}}}"), Some("a"))]))
+            .map(|i| {
+                h.publish(&t, vec![row(&format!("{{\"id\":{i}}}"), Some("a"))])
+                    .unwrap()
+            })
             .collect();
         match t.start(0, None, Some(ids[0])) {
             (Start::Replay(frames), tail) => {

@@ -2,13 +2,16 @@
 //! state-table key fields and its filter fields, with a few bytes of header
 //! and no other fixed buffer.
 //!
-//! Layout of the shared buffer (`Arc<[u8]>`, 16 bytes of reference counts
-//! in front):
+//! Layout of the encoded row (the bytes of a [`Row`]'s `Arc<[u8]>`, 16 bytes
+//! of reference counts in front, or one record of a keyed state table's
+//! arena, see [`super::table`]):
 //!
 //! ```text
 //! varint H | header (H bytes) | json
-//! header  = varint T, varint nfields, nfields × desc, varint nkey, nkey × desc,
+//! header  = varint A, [varint F if A & 2], [varint T if A & 1],
+//!           F × desc (filter fields), K × desc (key fields),
 //!           inline texts (T bytes, in descriptor order)
+//!           where A = K << 2 | (F > 0) << 1 | (T > 0)
 //! desc    = 0 (field absent) | varint 1 + (len << 1 | inline) [varint offset]
 //! ```
 //!
@@ -16,12 +19,15 @@
 //! string with nothing to escape: almost every key) is an `offset` into it; a
 //! field whose text differs from its JSON form (a string with escapes) is
 //! `inline`: its text follows the descriptors. So a row of a topic keyed by
-//! `id` with no filters costs 16 + ~6 + its JSON bytes. Filter fields come
-//! first: filters read them per row per filtered group and frame, keys are
-//! read once per publish.
+//! `id` with no filters costs 4 bytes besides its JSON (`H`, `A`, and the
+//! key's length and offset), plus the `Arc`'s 16. Filter fields come first:
+//! filters read them per row per filtered group and frame, keys are read
+//! once per publish.
+//!
+//! [`RowRef`] reads an encoded row wherever it lives; [`Row`] owns one.
 //!
 //! Key semantics (see [`super::row_key`]): a key is the tuple of its fields'
-//! texts. [`Row::same_key`] and [`Row::hash_key`] compare and hash that
+//! texts. [`RowRef::same_key`] and [`RowRef::hash_key`] compare and hash that
 //! tuple field by field (each with its length), which is equality of the
 //! injective `row_key` encoding without building it.
 //!
@@ -112,28 +118,53 @@ impl RowBuilder {
 
     /// The row, in one allocation of exactly its size.
     pub fn finish(&mut self) -> Row {
-        let head = &mut self.head;
-        head.clear();
-        put_varint(head, self.field_texts.len() + self.key_texts.len());
-        put_varint(head, self.fields.len());
-        for d in &self.fields {
-            put_desc(head, *d);
-        }
-        put_varint(head, self.keys.len());
-        for d in &self.keys {
-            put_desc(head, *d);
-        }
-        head.extend_from_slice(&self.field_texts);
-        head.extend_from_slice(&self.key_texts);
-        let out = &mut self.out;
-        out.clear();
-        put_varint(out, head.len());
-        out.extend_from_slice(head);
-        out.extend_from_slice(&self.json);
+        let texts = [&self.field_texts[..], &self.key_texts[..]];
+        encode(
+            &mut self.head,
+            &mut self.out,
+            &self.fields,
+            &self.keys,
+            texts,
+            &self.json,
+        );
         // `Arc<[u8]>::from(&[u8])` allocates exactly the slice (plus the
         // counts) and copies it; `out` is scratch.
-        Row(Arc::from(&out[..]))
+        Row(Arc::from(&self.out[..]))
     }
+}
+
+/// Writes the encoded row (see the module doc) into `out`, with `head` as
+/// scratch.
+fn encode(
+    head: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    fields: &[Desc],
+    keys: &[Desc],
+    texts: [&[u8]; 2],
+    json: &[u8],
+) {
+    let t = texts[0].len() + texts[1].len();
+    head.clear();
+    put_varint(
+        head,
+        (keys.len() << 2) | usize::from(!fields.is_empty()) << 1 | usize::from(t > 0),
+    );
+    if !fields.is_empty() {
+        put_varint(head, fields.len());
+    }
+    if t > 0 {
+        put_varint(head, t);
+    }
+    for d in fields.iter().chain(keys) {
+        put_desc(head, *d);
+    }
+    head.extend_from_slice(texts[0]);
+    head.extend_from_slice(texts[1]);
+    out.clear();
+    out.reserve_exact(10 + head.len() + json.len());
+    put_varint(out, head.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(json);
 }
 
 fn put_desc(out: &mut Vec<u8>, d: Desc) {
@@ -186,6 +217,8 @@ pub struct Texts<'a> {
     /// Next inline text.
     inline_at: usize,
     json: usize,
+    /// Descriptors of the next run (the key fields after the filters).
+    then: usize,
 }
 
 impl<'a> Iterator for Texts<'a> {
@@ -213,46 +246,60 @@ impl<'a> Iterator for Texts<'a> {
     }
 }
 
+/// An encoded row, read where it lies (a [`Row`]'s allocation or a state
+/// table's arena).
+#[derive(Clone, Copy)]
+pub struct RowRef<'a>(&'a [u8]);
+
 impl Row {
     /// A row from its parts, every field inline (tests, the bench, sources
     /// that already hold the texts).
     pub fn new(json: &[u8], key: &[&str], fields: &[Option<&str>]) -> Row {
-        let texts = fields.iter().flatten().chain(key).map(|t| t.len());
-        let mut head = Vec::with_capacity(32 + texts.clone().sum::<usize>());
-        put_varint(&mut head, texts.sum());
-        put_varint(&mut head, fields.len());
-        for f in fields {
-            put_desc(
-                &mut head,
-                f.map_or(Desc::Absent, |t| Desc::Inline { len: t.len() }),
-            );
-        }
-        put_varint(&mut head, key.len());
-        for k in key {
-            put_desc(&mut head, Desc::Inline { len: k.len() });
-        }
-        for t in fields.iter().flatten().chain(key) {
-            head.extend_from_slice(t.as_bytes());
-        }
-        let mut out = Vec::with_capacity(10 + head.len() + json.len());
-        put_varint(&mut out, head.len());
-        out.extend_from_slice(&head);
-        out.extend_from_slice(json);
+        let mut texts = [Vec::new(), Vec::new()];
+        let fields: Vec<Desc> = fields
+            .iter()
+            .map(|f| match f {
+                Some(t) => {
+                    texts[0].extend_from_slice(t.as_bytes());
+                    Desc::Inline { len: t.len() }
+                }
+                None => Desc::Absent,
+            })
+            .collect();
+        let keys: Vec<Desc> = key
+            .iter()
+            .map(|k| {
+                texts[1].extend_from_slice(k.as_bytes());
+                Desc::Inline { len: k.len() }
+            })
+            .collect();
+        let (mut head, mut out) = (Vec::new(), Vec::new());
+        encode(
+            &mut head,
+            &mut out,
+            &fields,
+            &keys,
+            [&texts[0], &texts[1]],
+            json,
+        );
         Row(Arc::from(&out[..]))
     }
 
-    /// Where the JSON starts.
+    /// A row holding a copy of an encoded row.
+    pub fn from_ref(r: RowRef<'_>) -> Row {
+        Row(Arc::from(r.0))
+    }
+
+    /// The row, to read.
     #[inline]
-    fn json_start(&self) -> (usize, usize) {
-        let mut at = 0;
-        let h = varint(&self.0, &mut at);
-        (at, at + h)
+    pub fn view(&self) -> RowRef<'_> {
+        RowRef(&self.0)
     }
 
     /// The row's compact JSON.
     #[inline]
     pub fn json(&self) -> &[u8] {
-        &self.0[self.json_start().1..]
+        self.view().json()
     }
 
     /// Bytes this row holds on the heap (its allocation with its counts).
@@ -260,37 +307,123 @@ impl Row {
         self.0.len() + 2 * std::mem::size_of::<usize>()
     }
 
+    /// The text of filter field `i` (`None`: the row lacks it).
+    #[inline]
+    pub fn field(&self, i: usize) -> Option<&[u8]> {
+        self.view().field(i)
+    }
+
+    /// The texts of the key fields, in order (none for a keyless topic).
+    pub fn key_texts(&self) -> Texts<'_> {
+        self.view().key_texts()
+    }
+
+    /// The row's state-table key in `row_key` form (`None`: keyless).
+    pub fn key(&self) -> Option<Box<str>> {
+        self.view().key()
+    }
+
+    /// True when both rows have the same key (tuple of field texts).
+    pub fn same_key(&self, other: &Row) -> bool {
+        self.view().same_key(other.view())
+    }
+
+    /// Hashes the key as the tuple of its fields' texts.
+    pub fn hash_key<H: Hasher>(&self, state: &mut H) {
+        self.view().hash_key(state)
+    }
+}
+
+/// The header's counts: (F, K, T, where the descriptors start, where the
+/// JSON starts).
+struct Shape {
+    nfields: usize,
+    nkeys: usize,
+    descs: usize,
+    texts: usize,
+    json: usize,
+}
+
+impl<'a> RowRef<'a> {
+    /// A view of the encoded row that is exactly `buf` (a state table's
+    /// record, written from [`RowRef::encoded`]).
+    #[inline]
+    pub(super) fn new(buf: &'a [u8]) -> RowRef<'a> {
+        RowRef(buf)
+    }
+
+    /// The encoded bytes.
+    #[inline]
+    pub fn encoded(self) -> &'a [u8] {
+        self.0
+    }
+
+    #[inline]
+    fn shape(self) -> Shape {
+        let mut at = 0;
+        let h = varint(self.0, &mut at);
+        let json = at + h;
+        let a = varint(self.0, &mut at);
+        let nfields = if a & 2 != 0 {
+            varint(self.0, &mut at)
+        } else {
+            0
+        };
+        let t = if a & 1 != 0 {
+            varint(self.0, &mut at)
+        } else {
+            0
+        };
+        Shape {
+            nfields,
+            nkeys: a >> 2,
+            descs: at,
+            texts: json - t,
+            json,
+        }
+    }
+
+    /// The row's compact JSON.
+    #[inline]
+    pub fn json(self) -> &'a [u8] {
+        let mut at = 0;
+        let h = varint(self.0, &mut at);
+        &self.0[at + h..]
+    }
+
     /// The filter fields' texts, in order.
     #[inline]
-    fn field_texts(&self) -> Texts<'_> {
-        let (mut at, json) = self.json_start();
-        let t = varint(&self.0, &mut at);
-        let left = varint(&self.0, &mut at);
+    fn field_texts(self) -> Texts<'a> {
+        let s = self.shape();
         Texts {
-            buf: &self.0,
-            at,
-            left,
-            inline_at: json - t,
-            json,
+            buf: self.0,
+            at: s.descs,
+            left: s.nfields,
+            inline_at: s.texts,
+            json: s.json,
+            then: s.nkeys,
         }
     }
 
     /// The text of filter field `i` (`None`: the row lacks it).
     #[inline]
-    pub fn field(&self, i: usize) -> Option<&[u8]> {
+    pub fn field(self, i: usize) -> Option<&'a [u8]> {
         self.field_texts().nth(i).flatten()
     }
 
     /// The texts of the key fields, in order (none for a keyless topic).
-    pub fn key_texts(&self) -> Texts<'_> {
+    pub fn key_texts(self) -> Texts<'a> {
         let mut fields = self.field_texts();
         for _ in fields.by_ref() {}
-        let left = varint(&self.0, &mut fields.at);
-        Texts { left, ..fields }
+        Texts {
+            left: fields.then,
+            then: 0,
+            ..fields
+        }
     }
 
     /// The row's state-table key in `row_key` form (`None`: keyless).
-    pub fn key(&self) -> Option<Box<str>> {
+    pub fn key(self) -> Option<Box<str>> {
         let mut texts = self.key_texts().flatten().peekable();
         texts.peek()?;
         Some(super::row_key::encode(
@@ -299,7 +432,7 @@ impl Row {
     }
 
     /// Hashes the key as the tuple of its fields' texts.
-    pub fn hash_key<H: Hasher>(&self, state: &mut H) {
+    pub fn hash_key<H: Hasher>(self, state: &mut H) {
         for t in self.key_texts().flatten() {
             // `[u8]`'s Hash writes the length first: ("ab","") ≠ ("a","b").
             t.hash(state);
@@ -307,8 +440,14 @@ impl Row {
     }
 
     /// True when both rows have the same key (tuple of field texts).
-    pub fn same_key(&self, other: &Row) -> bool {
+    pub fn same_key(self, other: RowRef<'_>) -> bool {
         self.key_texts().eq(other.key_texts())
+    }
+}
+
+impl<'a> From<&'a Row> for RowRef<'a> {
+    fn from(r: &'a Row) -> RowRef<'a> {
+        r.view()
     }
 }
 
@@ -364,8 +503,8 @@ mod tests {
         b.json.extend_from_slice(br#"{"id":123456,"v":1}"#);
         b.key_field(b"123456", Some(6));
         let r = b.finish();
-        // varint 5; header: T 0, nfields 0, nkey 1, desc, offset 6; the JSON
-        assert_eq!(r.0.len(), 1 + 5 + 19);
+        // varint 3; header: A (one key), desc, offset 6; the JSON
+        assert_eq!(r.0.len(), 1 + 3 + 19);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum PublishError {
     MissingKey(usize, String),
     #[error("too many rows (at most {MAX_ROWS_PER_PUBLISH})")]
     TooManyRows,
+    /// The topic's state table is full; nothing was applied (503).
+    #[error(transparent)]
+    StateFull(#[from] crate::hub::StateFull),
     /// Cluster mode: the JetStream log could not store the update (503).
     #[error("the cluster log is unavailable: {0}")]
     Unavailable(crate::cluster::ClusterError),
@@ -163,7 +166,7 @@ pub fn submit(
             pending,
         });
     }
-    let id = hub.publish(topic, rows);
+    let id = hub.publish(topic, rows)?;
     crate::metrics::published(source, n);
     Ok(Submitted::Applied(Accepted { rows: n, id }))
 }

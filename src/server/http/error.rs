@@ -157,6 +157,7 @@ impl From<PublishError> for ApiError {
             PublishError::TooManyRows => ApiError::bad_request("too many rows in one publish"),
             // `[cluster]`: the log could not store it (NATS lost).
             PublishError::Unavailable(c) => ApiError::unavailable(c.message()),
+            PublishError::StateFull(_) => ApiError::unavailable("the topic's state table is full"),
         }
     }
 }

@@ -33,6 +33,7 @@ fn publish(hub: &Hub, t: &Arc<Topic>, n: u32) -> u64 {
         t,
         vec![Row::new(format!("{{\"n\":{n}}}").as_bytes(), &[], &[])],
     )
+    .unwrap()
 }
 
 #[test]
@@ -82,8 +83,8 @@ fn a_filter_group_shares_one_rejoined_frame_and_skips_empty_ones() {
             &[Some(book)],
         )
     };
-    hub.publish(&t, vec![row("a"), row("z")]);
-    hub.publish(&t, vec![row("z")]);
+    hub.publish(&t, vec![row("a"), row("z")]).unwrap();
+    hub.publish(&t, vec![row("z")]).unwrap();
     w.on_inbox();
     let f0 = subs[0].queue.borrow()[0].clone();
     let f1 = subs[1].queue.borrow()[0].clone();
@@ -384,7 +385,8 @@ fn slow_consumer_is_told_to_reconnect() {
         hub.publish(
             &t,
             vec![Row::new(format!("\"{big}\"").as_bytes(), &[], &[])],
-        );
+        )
+        .unwrap();
         w.on_inbox();
     }
     let frames = drain(&s);
