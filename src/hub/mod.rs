@@ -143,12 +143,6 @@ pub struct Hub {
     /// Workers that have not finished draining (or not yet started to).
     /// Every worker keeps answering on its listener until this is zero.
     workers_busy: AtomicUsize,
-    /// Open client connections on this node (all workers).
-    pub connections: AtomicUsize,
-    /// Open SSE streams on this node (all workers).
-    pub streams: AtomicUsize,
-    /// Connections on this node that are not streams (`server::limits`).
-    pub pending: AtomicUsize,
     /// Workers whose accept loop runs (`/healthz` reports this, not the
     /// configured count). Relaxed: a gauge read by `/healthz` only.
     pub workers_up: AtomicUsize,
@@ -174,9 +168,6 @@ impl Hub {
             flush_queues,
             draining: AtomicBool::new(false),
             workers_busy: AtomicUsize::new(settings.workers),
-            connections: AtomicUsize::new(0),
-            streams: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
             workers_up: AtomicUsize::new(0),
             beats: (0..settings.workers).map(|_| AtomicU64::new(0)).collect(),
             made_empty: (0..=settings.keys.len())

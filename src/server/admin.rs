@@ -20,7 +20,7 @@ use monoio::{LegacyDriver, RuntimeBuilder};
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::server::http::{Context, Contexts, conn};
-use crate::server::limits::{ConnSlot, PendingSlot};
+use crate::server::limits::{ConnSlot, NodeCounts, PendingSlot};
 use crate::server::reload::Published;
 use crate::server::worker::Worker;
 use crate::server::{ServerError, listener};
@@ -43,6 +43,7 @@ pub fn serves(settings: &Settings, admin: bool, path: &str) -> bool {
 pub fn spawn(
     addr: SocketAddr,
     hub: Arc<Hub>,
+    counts: Arc<NodeCounts>,
     published: Arc<Published>,
 ) -> Result<SocketAddr, ServerError> {
     listener::ensure_free(addr).map_err(|e| ServerError::Bind(addr, e))?;
@@ -55,7 +56,7 @@ pub fn spawn(
         .spawn(move || {
             let rt = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build();
             match rt {
-                Ok(mut rt) => rt.block_on(serve(listener, hub, published)),
+                Ok(mut rt) => rt.block_on(serve(listener, hub, counts, published)),
                 Err(e) => tracing::error!(error = %e, "cannot start the admin listener"),
             }
         })
@@ -65,7 +66,12 @@ pub fn spawn(
 
 /// Serves the admin endpoints; each connection takes the configuration in
 /// force when it is accepted (a reload applies to the next one).
-async fn serve(listener: std::net::TcpListener, hub: Arc<Hub>, published: Arc<Published>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    hub: Arc<Hub>,
+    counts: Arc<NodeCounts>,
+    published: Arc<Published>,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -73,7 +79,7 @@ async fn serve(listener: std::net::TcpListener, hub: Arc<Hub>, published: Arc<Pu
             return;
         }
     };
-    let w = Rc::new(Worker::new(0, hub));
+    let w = Rc::new(Worker::new(0, hub, counts));
     let (mut generation, config) = published.latest();
     let mut ctx = Context::new(w, &config);
     ctx.admin = true;
@@ -89,8 +95,8 @@ async fn serve(listener: std::net::TcpListener, hub: Arc<Hub>, published: Arc<Pu
                 let ctx = ctxs.current();
                 // Counted like any connection, but never refused for the
                 // node's limit.
-                let (slot, _) = ConnSlot::new(&ctx.hub);
-                match PendingSlot::take(&ctx.hub, &ctx.pending_by_ip, peer.ip()) {
+                let (slot, _) = ConnSlot::new(&ctx.counts);
+                match PendingSlot::take(&ctx.counts, &ctx.settings, &ctx.pending_by_ip, peer.ip()) {
                     Ok(pending) => {
                         monoio::spawn(conn::serve(ctxs.clone(), stream, slot, pending));
                     }

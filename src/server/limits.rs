@@ -3,8 +3,9 @@
 //! can leak one.
 //!
 //! Cold: taken once per connection, request or stream, never per event.
-//! The node-wide counts are atomics shared by the workers (the `Hub`'s
-//! `connections`, `streams`, `pending` and per-key stream counts; they are
+//! The node-wide counts are atomics shared by the workers ([`NodeCounts`]
+//! and the per-key stream counts of [`KeyStreams`]; only the guards here
+//! change them, everything else reads them; they are
 //! gauges with nothing else to order, so every operation on them is
 //! `Relaxed`, and an increment that overshoots a cap is undone before anyone
 //! acts on it); the per-worker ones are `Cell`s.
@@ -28,28 +29,58 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use crate::config::Key;
-use crate::hub::{Hub, Topic};
+use crate::config::{Key, Settings};
+use crate::hub::Topic;
 use crate::server::worker::Worker;
+
+/// The node's counts, shared by every worker and the admin listener.
+#[derive(Default)]
+pub struct NodeCounts {
+    /// Open client connections (streams included).
+    connections: AtomicUsize,
+    /// Open SSE streams.
+    streams: AtomicUsize,
+    /// Connections that are not streams ([`PendingSlot`]).
+    pending: AtomicUsize,
+}
+
+impl NodeCounts {
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
 
 /// An open client connection, counted on its node.
 pub struct ConnSlot {
-    hub: Arc<Hub>,
+    counts: Arc<NodeCounts>,
 }
 
 impl ConnSlot {
     /// Counts a connection; also returns how many were open before it.
-    pub fn new(hub: &Arc<Hub>) -> (ConnSlot, usize) {
-        let before = hub.connections.fetch_add(1, Ordering::Relaxed);
-        (ConnSlot { hub: hub.clone() }, before)
+    pub fn new(counts: &Arc<NodeCounts>) -> (ConnSlot, usize) {
+        let before = counts.connections.fetch_add(1, Ordering::Relaxed);
+        (
+            ConnSlot {
+                counts: counts.clone(),
+            },
+            before,
+        )
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.hub.connections.fetch_sub(1, Ordering::Relaxed);
+        self.counts.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -76,7 +107,7 @@ impl PendingRefusal {
 /// A connection that is not a stream, counted on its node and address
 /// until it becomes a stream or closes.
 pub struct PendingSlot {
-    hub: Arc<Hub>,
+    counts: Arc<NodeCounts>,
     by_ip: Rc<PendingByIp>,
     ip: IpAddr,
 }
@@ -84,11 +115,11 @@ pub struct PendingSlot {
 impl PendingSlot {
     /// Counts a connection from `ip`; refused past either cap.
     pub fn take(
-        hub: &Arc<Hub>,
+        counts: &Arc<NodeCounts>,
+        s: &Settings,
         by_ip: &Rc<PendingByIp>,
         ip: IpAddr,
     ) -> Result<PendingSlot, PendingRefusal> {
-        let s = hub.settings();
         let per_worker = s.max_pending_per_ip.div_ceil(s.workers.max(1));
         {
             let mut counts = by_ip.0.borrow_mut();
@@ -101,9 +132,9 @@ impl PendingSlot {
             }
             *n += 1;
         }
-        let prev = hub.pending.fetch_add(1, Ordering::Relaxed);
+        let prev = counts.pending.fetch_add(1, Ordering::Relaxed);
         let slot = PendingSlot {
-            hub: hub.clone(),
+            counts: counts.clone(),
             by_ip: by_ip.clone(),
             ip,
         };
@@ -117,7 +148,7 @@ impl PendingSlot {
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.hub.pending.fetch_sub(1, Ordering::Relaxed);
+        self.counts.pending.fetch_sub(1, Ordering::Relaxed);
         let mut counts = self.by_ip.0.borrow_mut();
         if let Some(n) = counts.get_mut(&self.ip) {
             *n -= 1;
@@ -191,7 +222,7 @@ impl Drop for KeySlot {
 /// An open stream, counted on its worker, its node and its topic, with
 /// its connection's and its key's slots. It lives in the stream's task for
 /// the whole stream, so it is kept small (24 bytes): the two slots it takes
-/// over are held as the worker's hub and the key's counter.
+/// over are held as the worker's node counts and the key's counter.
 pub struct StreamSlot {
     worker: Rc<Worker>,
     topic: Arc<Topic>,
@@ -208,7 +239,7 @@ impl StreamSlot {
         key: Option<KeySlot>,
     ) -> StreamSlot {
         worker.streams.set(worker.streams.get() + 1);
-        worker.hub.streams.fetch_add(1, Ordering::Relaxed);
+        worker.counts.streams.fetch_add(1, Ordering::Relaxed);
         topic.subscribers.fetch_add(1, Ordering::Relaxed);
         // The connection's count now belongs to this slot, released in its
         // Drop (the key slot gives its own back when the slot drops).
@@ -232,9 +263,12 @@ impl StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.worker.hub.connections.fetch_sub(1, Ordering::Relaxed);
+        self.worker
+            .counts
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
         self.topic.subscribers.fetch_sub(1, Ordering::Relaxed);
-        self.worker.hub.streams.fetch_sub(1, Ordering::Relaxed);
+        self.worker.counts.streams.fetch_sub(1, Ordering::Relaxed);
         self.worker.streams.set(self.worker.streams.get() - 1);
     }
 }

@@ -102,12 +102,17 @@ pub async fn accept_loop(ctxs: Rc<Contexts>, listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let ctx = ctxs.current();
-                let (slot, before) = ConnSlot::new(&ctx.hub);
+                let (slot, before) = ConnSlot::new(&ctx.counts);
                 if before >= ctx.settings.max_connections {
                     let why = "node is at its connection limit";
                     monoio::spawn(refuse(ctx, stream, slot, why));
                 } else {
-                    match PendingSlot::take(&ctx.hub, &ctx.pending_by_ip, peer.ip()) {
+                    match PendingSlot::take(
+                        &ctx.counts,
+                        &ctx.settings,
+                        &ctx.pending_by_ip,
+                        peer.ip(),
+                    ) {
                         Ok(pending) => {
                             monoio::spawn(conn::serve(ctxs.clone(), stream, slot, pending));
                         }
@@ -132,7 +137,7 @@ pub async fn accept_loop(ctxs: Rc<Contexts>, listener: TcpListener) {
                     drop(r);
                     if let Ok((stream, _)) = listener.accept().await {
                         let ctx = ctxs.current();
-                        let (slot, _) = ConnSlot::new(&ctx.hub);
+                        let (slot, _) = ConnSlot::new(&ctx.counts);
                         let why = "server is out of file descriptors";
                         refuse(ctx, stream, slot, why).await;
                     }

@@ -98,9 +98,10 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
             .map_err(|e| ServerError::Metering(m.path.clone(), e))?;
     }
     let hub = Arc::new(Hub::new(settings.clone()));
+    let counts = Arc::new(limits::NodeCounts::default());
     let published = reload::Published::new(http::Config::new(settings.clone()), settings.workers);
     if let Some(admin_addr) = settings.admin_listen {
-        let bound = admin::spawn(admin_addr, hub.clone(), published.clone())?;
+        let bound = admin::spawn(admin_addr, hub.clone(), counts.clone(), published.clone())?;
         tracing::info!(admin = %bound, "admin endpoints (/metrics, /healthz, /v1/topics, /v1/usage) on {bound}");
     }
     let driver = Driver::from_env();
@@ -112,7 +113,7 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
     sources::start(&hub).map_err(ServerError::Thread)?;
     crate::hub::coalesce::spawn(hub.clone()).map_err(ServerError::Thread)?;
     let reloader = reload::Reloader::new(hub.clone(), config_path, published.clone());
-    let signals = spawn_signal_thread(hub.clone(), reloader)?;
+    let signals = spawn_signal_thread(hub.clone(), counts.clone(), reloader)?;
     // Each worker says when it ends. One that ends while the node is not
     // draining has failed: the process exits non-zero so that the service
     // manager restarts it, rather than serving on with a dead listener.
@@ -120,6 +121,7 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
     let (events_tx, events) = std::sync::mpsc::channel::<WorkerEvent>();
     for (id, listener) in listeners.into_iter().enumerate() {
         let hub = hub.clone();
+        let counts = counts.clone();
         let published = published.clone();
         let events_tx = events_tx.clone();
         let core = if cores.is_empty() {
@@ -133,7 +135,7 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                run_worker(id, hub, published, listener, driver, &events_tx);
+                run_worker(id, hub, counts, published, listener, driver, &events_tx);
                 let _ = events_tx.send(WorkerEvent::Ended(id));
             })
             .map_err(ServerError::Thread)?;
@@ -168,7 +170,7 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
         if !announced && up == settings.workers && !crate::cluster::starting() {
             announced = true;
             tracing::info!(%addr, workers = settings.workers, "listening on {addr}");
-            systemd::start(hub.clone()).map_err(ServerError::Thread)?;
+            systemd::start(hub.clone(), counts.clone()).map_err(ServerError::Thread)?;
         }
     }
     drop(signals);
@@ -181,6 +183,7 @@ pub fn run(mut settings: Settings, config_path: Option<PathBuf>) -> Result<(), S
 /// The signal thread: SIGTERM / SIGINT drain and stop; SIGHUP reloads.
 fn spawn_signal_thread(
     hub: Arc<Hub>,
+    counts: Arc<limits::NodeCounts>,
     reloader: reload::Reloader,
 ) -> Result<std::thread::JoinHandle<()>, ServerError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -197,7 +200,7 @@ fn spawn_signal_thread(
                     crate::metering::reopen();
                     // READY=1 once the reload has been applied by every
                     // worker, or has failed.
-                    systemd::ready(&systemd::status(&hub));
+                    systemd::ready(&systemd::status(&hub, &counts));
                     continue;
                 }
                 tracing::info!(signal = sig, "draining");
@@ -231,6 +234,7 @@ impl Drop for DrainedOnDrop {
 fn run_worker(
     id: usize,
     hub: Arc<Hub>,
+    counts: Arc<limits::NodeCounts>,
     published: Arc<reload::Published>,
     listener: std::net::TcpListener,
     driver: Driver,
@@ -238,7 +242,9 @@ fn run_worker(
 ) {
     let drained = DrainedOnDrop(hub.clone());
     match Runtime::new(driver) {
-        Ok(mut rt) => rt.block_on(worker_main(id, hub, published, listener, events, drained)),
+        Ok(mut rt) => rt.block_on(worker_main(
+            id, hub, counts, published, listener, events, drained,
+        )),
         Err(e) => tracing::error!(error = %e, "cannot start worker {id}"),
     }
 }
@@ -246,6 +252,7 @@ fn run_worker(
 async fn worker_main(
     id: usize,
     hub: Arc<Hub>,
+    counts: Arc<limits::NodeCounts>,
     published: Arc<reload::Published>,
     listener: std::net::TcpListener,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
@@ -258,7 +265,7 @@ async fn worker_main(
             return;
         }
     };
-    let w = Rc::new(Worker::new(id, hub));
+    let w = Rc::new(Worker::new(id, hub, counts));
     // The configuration at start; a reload published meanwhile is applied
     // by the reload task as soon as it runs (its wake-up is waiting).
     let (_, config) = published.latest();

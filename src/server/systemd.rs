@@ -24,6 +24,7 @@ use sd_notify::NotifyState;
 
 use crate::hub::Hub;
 use crate::server::WORKER_STALL_MS;
+use crate::server::limits::NodeCounts;
 use crate::time::mono_ms;
 
 /// Most time between two looks at the workers (and `STATUS=` updates).
@@ -62,7 +63,7 @@ pub fn stopping() {
 /// The `STATUS=` text: the node's connections, streams and topics, or the
 /// worker that has not turned for `WORKER_STALL_MS` or more. (While
 /// draining, workers that are done stop turning: that is no stall.)
-pub fn status(hub: &Hub) -> String {
+pub fn status(hub: &Hub, counts: &NodeCounts) -> String {
     let draining = hub.is_draining();
     if !draining && let Some((w, ms)) = hub.stalled_worker(mono_ms(), WORKER_STALL_MS) {
         return format!(
@@ -74,19 +75,19 @@ pub fn status(hub: &Hub) -> String {
     let state = if draining { "draining" } else { "serving" };
     format!(
         "{state}: {} connections, {} streams, {} topics",
-        hub.connections.load(std::sync::atomic::Ordering::Relaxed),
-        hub.streams.load(std::sync::atomic::Ordering::Relaxed),
+        counts.connections(),
+        counts.streams(),
         hub.topic_count()
     )
 }
 
 /// Sends `READY=1` and starts the thread that feeds the watchdog and keeps
 /// `STATUS=` current. Does nothing without `NOTIFY_SOCKET`.
-pub fn start(hub: Arc<Hub>) -> std::io::Result<()> {
+pub fn start(hub: Arc<Hub>, counts: Arc<NodeCounts>) -> std::io::Result<()> {
     if !enabled() {
         return Ok(());
     }
-    let first = status(&hub);
+    let first = status(&hub, &counts);
     ready(&first);
     let watchdog = sd_notify::watchdog_enabled();
     if let Some(w) = watchdog {
@@ -94,7 +95,7 @@ pub fn start(hub: Arc<Hub>) -> std::io::Result<()> {
     }
     std::thread::Builder::new()
         .name("sluice-systemd".into())
-        .spawn(move || notifier(&hub, watchdog, first))?;
+        .spawn(move || notifier(&hub, &counts, watchdog, first))?;
     Ok(())
 }
 
@@ -107,7 +108,7 @@ fn step(watchdog: Option<Duration>) -> Duration {
     }
 }
 
-fn notifier(hub: &Hub, watchdog: Option<Duration>, mut last_status: String) {
+fn notifier(hub: &Hub, counts: &NodeCounts, watchdog: Option<Duration>, mut last_status: String) {
     let step = step(watchdog);
     let mut last_ping = Instant::now();
     let mut last_ping_ms = mono_ms();
@@ -127,7 +128,7 @@ fn notifier(hub: &Hub, watchdog: Option<Duration>, mut last_status: String) {
                 tracing::warn!("a worker's loop has stopped turning; the watchdog is not fed");
             }
         }
-        let now = status(hub);
+        let now = status(hub, counts);
         if now != last_status {
             notify(&[NotifyState::Status(&now)]);
             last_status = now;

@@ -287,8 +287,8 @@ fn healthz(ctx: &Context) -> Answer {
     };
     let mut s = format!(
         r#"{{"status":"{state}","workers":{up},"connections":{},"streams":{},"sources":{sources}"#,
-        hub.connections.load(Ordering::Relaxed),
-        hub.streams.load(Ordering::Relaxed)
+        ctx.counts.connections(),
+        ctx.counts.streams()
     );
     if let Some(c) = cluster {
         s.push_str(r#","cluster":"#);
@@ -301,7 +301,7 @@ fn healthz(ctx: &Context) -> Answer {
 fn metrics_text(ctx: &Context) -> Answer {
     let hub = &ctx.hub;
     metrics::set_node_gauges(
-        hub.connections.load(Ordering::Relaxed),
+        ctx.counts.connections(),
         hub.topic_count(),
         hub.workers_up.load(Ordering::Relaxed),
     );

@@ -27,7 +27,7 @@ pub use parse::{HttpError, Method, Request};
 use crate::auth::Keys;
 use crate::config::Settings;
 use crate::hub::Hub;
-use crate::server::limits::{KeyStreams, PendingByIp};
+use crate::server::limits::{KeyStreams, NodeCounts, PendingByIp};
 use crate::server::worker::Worker;
 
 /// One configuration as the request side uses it: the settings, the key
@@ -70,6 +70,8 @@ impl Config {
 pub struct Context {
     pub worker: Rc<Worker>,
     pub hub: Arc<Hub>,
+    /// The node's connection and stream counts.
+    pub counts: Arc<NodeCounts>,
     pub settings: Arc<Settings>,
     pub keys: Arc<Keys>,
     pub key_streams: Arc<KeyStreams>,
@@ -86,9 +88,11 @@ pub struct Context {
 impl Context {
     pub fn new(worker: Rc<Worker>, config: &Config) -> Context {
         let hub = worker.hub.clone();
+        let counts = worker.counts.clone();
         Context {
             worker,
             hub,
+            counts,
             settings: config.settings.clone(),
             keys: config.keys.clone(),
             key_streams: config.key_streams.clone(),
@@ -103,6 +107,7 @@ impl Context {
         Context {
             worker: self.worker.clone(),
             hub: self.hub.clone(),
+            counts: self.counts.clone(),
             settings: config.settings.clone(),
             keys: config.keys.clone(),
             key_streams: config.key_streams.clone(),

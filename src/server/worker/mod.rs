@@ -44,6 +44,7 @@ use crate::config::StreamSettings;
 use crate::hub::{Hub, Topic};
 use crate::metrics::WorkerCounters;
 use crate::server::access::CloseReason;
+use crate::server::limits::NodeCounts;
 use crate::sse::{self, ReconnectReason};
 use crate::time::unix_secs;
 use fanout::Groups;
@@ -75,6 +76,8 @@ struct SharedFrames {
 pub struct Worker {
     pub id: usize,
     pub hub: Arc<Hub>,
+    /// The node's connection and stream counts (`server::limits`).
+    pub counts: Arc<NodeCounts>,
     /// What the stream code needs of the configuration ([`Worker::stream`];
     /// a reload replaces it, [`Worker::reload`]).
     stream: Cell<StreamSettings>,
@@ -121,7 +124,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: usize, hub: Arc<Hub>) -> Worker {
+    pub fn new(id: usize, hub: Arc<Hub>, counts: Arc<NodeCounts>) -> Worker {
         let stream = hub.settings().stream();
         let counters = WorkerCounters::new(id, &hub.settings());
         let unix_s = unix_secs();
@@ -134,6 +137,7 @@ impl Worker {
         Worker {
             id,
             hub,
+            counts,
             stream: Cell::new(stream),
             groups: RefCell::new(Groups::new()),
             wheel: RefCell::new((0..wheel::WHEEL_SLOTS).map(|_| Vec::new()).collect()),

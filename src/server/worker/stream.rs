@@ -228,13 +228,13 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let w = Rc::new(Worker::new(0, hub));
+            let w = Rc::new(Worker::new(0, hub, Default::default()));
             let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
             let sub = Rc::new(Subscriber::new(0, 15, 0, true));
             let c = TcpStream::connect(addr).await.unwrap();
             let topic = w.hub.topic("t").unwrap();
-            let slot = StreamSlot::new(&w, &topic, ConnSlot::new(&w.hub).0, None);
+            let slot = StreamSlot::new(&w, &topic, ConnSlot::new(&w.counts).0, None);
             let task = run(slot, sub, c);
             let size = std::mem::size_of_val(&task);
             assert!(size <= 448, "the stream task grew to {size} bytes");

@@ -16,7 +16,10 @@ fn worker(extra: &str) -> (Rc<Worker>, Arc<Hub>) {
     ))
     .unwrap();
     let hub = Arc::new(Hub::new(Arc::new(s)));
-    (Rc::new(Worker::new(0, hub.clone())), hub)
+    (
+        Rc::new(Worker::new(0, hub.clone(), Default::default())),
+        hub,
+    )
 }
 
 fn drain(sub: &Subscriber) -> Vec<String> {
@@ -497,7 +500,7 @@ fn a_stopping_worker_records_its_open_streams_with_what_their_writes_completed()
     let (tx, rx) = std::sync::mpsc::channel();
     let s = Settings::from_toml("[server]\nworkers = 1\n[[topics]]\npattern = \"*\"\n").unwrap();
     let hub = Arc::new(Hub::new(Arc::new(s)));
-    let mut w = Worker::new(0, hub.clone());
+    let mut w = Worker::new(0, hub.clone(), Default::default());
     w.meter = Some(meter::WorkerMeter::new(0, tx));
     let t = hub.topic("a").unwrap();
     let m = w.meter.as_ref().unwrap();
