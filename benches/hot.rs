@@ -250,12 +250,12 @@ fn metering(c: &mut Criterion) {
     let batch = batch_of(&metered);
     let n = update.len();
     c.bench_function("metering/count_a_write_of_1_update", |b| {
-        b.iter(|| metered.count_written(black_box(&batch), black_box(n)))
+        b.iter(|| metered.wrote(black_box(&batch), black_box(n)))
     });
     let plain = Subscriber::new(0, 15, 0, true);
     let batch = batch_of(&plain);
     c.bench_function("metering/baseline_unmetered_write", |b| {
-        b.iter(|| plain.count_written(black_box(&batch), black_box(n)))
+        b.iter(|| plain.wrote(black_box(&batch), black_box(n)))
     });
 }
 

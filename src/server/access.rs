@@ -70,7 +70,7 @@ pub const MAX_LOGGED_PATH_BYTES: usize = 256;
 
 /// A stream's task has ended: count it and log its access line.
 pub fn stream_closed(w: &Worker, sub: &Subscriber, slot: &StreamSlot) {
-    let reason = sub.close_reason().unwrap_or(CloseReason::ClientClosed);
+    let reason = sub.ended_because();
     let tier = sub.tier();
     w.counters.stream_closed(tier, reason);
     let settings = w.hub.settings();

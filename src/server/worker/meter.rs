@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
-use super::subscriber::{SubState, Subscriber};
+use super::subscriber::Subscriber;
 use crate::hub::Topic;
 use crate::metering::{MINUTE_MS, Msg, StreamRecord, minute_of};
 use crate::server::access::CloseReason;
@@ -144,7 +144,7 @@ impl WorkerMeter {
     pub fn stream_ended(&self, sub: &Subscriber) {
         let now = unix_millis();
         self.roll(now);
-        let reason = sub.close_reason().unwrap_or(CloseReason::ClientClosed);
+        let reason = sub.ended_because();
         self.record(sub, now, reason);
     }
 
@@ -156,11 +156,7 @@ impl WorkerMeter {
         self.roll(now);
         let streams = std::mem::take(&mut *self.streams.borrow_mut());
         for sub in &streams {
-            let reason = match sub.close_reason() {
-                None if sub.state() != SubState::Closed => CloseReason::Shutdown,
-                r => r.unwrap_or(CloseReason::ClientClosed),
-            };
-            self.record(sub, now, reason);
+            self.record(sub, now, sub.ended_at_stop());
         }
         self.send_deltas();
         let _ = self.tx.send(Msg::WorkerDone {
@@ -259,7 +255,7 @@ impl WorkerMeter {
 /// `upto`, into its key's account.
 fn fold(sub: &Subscriber, m: &StreamMeter, upto: u64) {
     let events = sub.sent_events.get();
-    let bytes = sub.sent_bytes.get().saturating_sub(m.head_len);
+    let bytes = sub.bytes.get().saturating_sub(m.head_len);
     let a = &m.key;
     let from = m.folded_ms.get();
     if upto > from {

@@ -178,8 +178,7 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
                 batch = b;
                 match res {
                     Ok(n) if n > 0 => {
-                        sub.count_written(&batch, n);
-                        sub.wrote(n);
+                        sub.wrote(&batch, n);
                         w.counters.written(n);
                         batch.advance(n);
                         if !batch.is_empty() {

@@ -73,15 +73,14 @@ pub struct Subscriber {
     pub(super) write_since: Cell<u64>,
     /// A raw-tier stream: waits for write permits ahead of coalesced ones.
     pub(super) raw_tier: bool,
-    /// Bytes written to its socket.
+    /// Bytes written to its socket (the response head included): read by
+    /// the access log, and by metering less the head.
     pub(super) bytes: Cell<u64>,
     /// Why it is closing; the first reason set wins.
     pub(super) close_reason: Cell<Option<CloseReason>>,
     /// Its key and tier (cold: read by metrics at its close and by reloads).
     pub(super) auth: Cell<StreamAuth>,
-    /// Metered streams only: bytes the socket took (the response head
-    /// included) and update frames written whole, counted once per write.
-    pub(super) sent_bytes: Cell<u64>,
+    /// Metered streams only: update frames written whole.
     pub(super) sent_events: Cell<u64>,
     /// Its usage record's identity and what was folded into its key's
     /// account so far (`None`: metering is off).
@@ -110,7 +109,6 @@ impl Subscriber {
             bytes: Cell::new(0),
             close_reason: Cell::new(None),
             auth: Cell::new(StreamAuth::default()),
-            sent_bytes: Cell::new(0),
             sent_events: Cell::new(0),
             meter: None,
         }
@@ -123,11 +121,11 @@ impl Subscriber {
     }
 
     /// Counts a write of `n` bytes from `batch` (call before the batch
-    /// advances): the bytes and the update frames it completed. Metered
-    /// streams only: two adds and a look at each completed frame's head.
-    pub fn count_written(&self, batch: &FrameBatch, n: usize) {
+    /// advances): the bytes, and for a metered stream the update frames it
+    /// completed (a look at each completed frame's head).
+    pub fn wrote(&self, batch: &FrameBatch, n: usize) {
+        self.bytes.set(self.bytes.get().saturating_add(n as u64));
         if self.meter.is_some() {
-            self.sent_bytes.set(self.sent_bytes.get() + n as u64);
             self.sent_events
                 .set(self.sent_events.get() + batch.completed_updates(n));
         }
@@ -143,17 +141,27 @@ impl Subscriber {
         self.started
     }
 
-    /// Counts bytes written to the socket.
-    pub fn wrote(&self, n: usize) {
-        self.bytes.set(self.bytes.get().saturating_add(n as u64));
-    }
-
     pub fn bytes(&self) -> u64 {
         self.bytes.get()
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.close_reason.get()
+    }
+
+    /// Why the stream ended, for its access line and usage record: the
+    /// reason recorded, else the client went away.
+    pub fn ended_because(&self) -> CloseReason {
+        self.close_reason.get().unwrap_or(CloseReason::ClientClosed)
+    }
+
+    /// Why the stream ends when its worker stops with it still recorded as
+    /// open: `shutdown` unless it had already closed or given a reason.
+    pub fn ended_at_stop(&self) -> CloseReason {
+        match self.close_reason.get() {
+            None if self.state() != SubState::Closed => CloseReason::Shutdown,
+            _ => self.ended_because(),
+        }
     }
 
     /// Records why the stream ends, unless a reason is already recorded.

@@ -516,7 +516,7 @@ fn a_stopping_worker_records_its_open_streams_with_what_their_writes_completed()
     sub.take_into(&mut batch);
     // The socket takes all but the last frame's final byte.
     let n = batch.remaining() - 1;
-    sub.count_written(&batch, n);
+    sub.wrote(&batch, n);
     m.finish();
 
     // (A minute may end meanwhile: its messages are left out here.)
