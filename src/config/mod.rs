@@ -13,7 +13,11 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod error;
 pub mod values;
+
+pub use error::ConfigError;
+use error::find_span;
 
 use values::topic_name_is_valid;
 pub use values::{KeySecret, Role};
@@ -53,46 +57,6 @@ pub const MIN_TOKEN_SECRET_BYTES: usize = 16;
 
 /// Most workers a node runs: worker interest in a topic is one bit of a `u64`.
 pub const MAX_WORKERS: usize = 64;
-
-/// A configuration error with its position in the file (1-based).
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {}, column {}: {}",
-            self.line, self.column, self.message
-        )
-    }
-}
-
-impl ConfigError {
-    fn at(src: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
-        let (line, column) = match span {
-            Some(s) => line_col(src, s.start),
-            None => (1, 1),
-        };
-        ConfigError {
-            line,
-            column,
-            message: message.into(),
-        }
-    }
-}
-
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(src.len());
-    let before = &src[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
-    (line, column)
-}
 
 // ---------------------------------------------------------------- raw shapes
 
@@ -1561,12 +1525,6 @@ fn validate_metering(
         path: m.path.into_inner().into(),
         flush_s: m.flush_s.into_inner(),
     }))
-}
-
-/// The span of the first occurrence of `needle` in `src`, for errors about
-/// values that serde gives no position for.
-fn find_span(src: &str, needle: &str) -> Option<Range<usize>> {
-    src.find(needle).map(|i| i..i + needle.len())
 }
 
 fn parse_patterns(src: &str, list: &[Spanned<String>]) -> Result<Vec<Pattern>, ConfigError> {
