@@ -5,19 +5,19 @@
 //! value. Hot modules never see these raw shapes: they receive the validated
 //! [`Settings`] (behind an `Arc`) and the small value types it holds.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 
-use serde::Deserialize;
 use toml::Spanned;
 
 mod error;
+mod raw;
 pub mod values;
 
 pub use error::ConfigError;
 use error::find_span;
+use raw::{RawCluster, RawConfig, RawMetering, RawSource};
 
 use values::topic_name_is_valid;
 pub use values::{KeySecret, Role};
@@ -57,199 +57,6 @@ pub const MIN_TOKEN_SECRET_BYTES: usize = 16;
 
 /// Most workers a node runs: worker interest in a topic is one bit of a `u64`.
 pub const MAX_WORKERS: usize = 64;
-
-// ---------------------------------------------------------------- raw shapes
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawConfig {
-    server: RawServer,
-    auth: RawAuth,
-    tiers: Option<BTreeMap<String, RawTier>>,
-    keys: Vec<RawKey>,
-    topics: Vec<RawTopic>,
-    routes: Vec<RawRoute>,
-    sources: Vec<RawSource>,
-    cluster: Option<RawCluster>,
-    metering: Option<RawMetering>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawServer {
-    listen: Spanned<String>,
-    workers: usize,
-    max_connections: usize,
-    retry_ms: u32,
-    heartbeat_s: Spanned<u32>,
-    max_duration_s: u32,
-    max_events: u32,
-    replay: Spanned<usize>,
-    max_body_bytes: usize,
-    cors_origins: Vec<String>,
-    slow_consumer_s: Spanned<u32>,
-    header_timeout_s: Spanned<u32>,
-    body_timeout_s: Spanned<u32>,
-    keepalive_timeout_s: Spanned<u32>,
-    max_pending_connections: usize,
-    max_pending_per_ip: usize,
-    sndbuf_bytes: usize,
-    topic_idle_s: u32,
-    max_topics_per_key: u32,
-    admin_listen: Option<Spanned<String>>,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        RawServer {
-            listen: Spanned::new(0..0, "127.0.0.1:8080".into()),
-            workers: 0,
-            max_connections: 200_000,
-            retry_ms: 3000,
-            heartbeat_s: Spanned::new(0..0, 15),
-            max_duration_s: 1800,
-            max_events: 10_000,
-            replay: Spanned::new(0..0, 1024),
-            max_body_bytes: 1 << 20,
-            cors_origins: vec!["*".into()],
-            slow_consumer_s: Spanned::new(0..0, 5),
-            header_timeout_s: Spanned::new(0..0, 10),
-            body_timeout_s: Spanned::new(0..0, 30),
-            keepalive_timeout_s: Spanned::new(0..0, 60),
-            max_pending_connections: 4096,
-            max_pending_per_ip: 256,
-            sndbuf_bytes: 128 * 1024,
-            topic_idle_s: 300,
-            max_topics_per_key: 1000,
-            admin_listen: None,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawAuth {
-    required: bool,
-    anonymous_tier: Spanned<String>,
-    token_secret: String,
-    token_ttl_s: u32,
-}
-
-impl Default for RawAuth {
-    fn default() -> Self {
-        RawAuth {
-            required: true,
-            anonymous_tier: Spanned::new(0..0, "business".into()),
-            token_secret: String::new(),
-            token_ttl_s: 60,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTier {
-    coalesce_ms: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKey {
-    name: Spanned<String>,
-    key: Option<String>,
-    key_sha256: Option<Spanned<String>>,
-    tier: Spanned<String>,
-    #[serde(default = "default_role")]
-    role: Spanned<String>,
-    #[serde(default)]
-    max_connections: u32,
-    #[serde(default = "default_patterns")]
-    topics: Vec<Spanned<String>>,
-}
-
-fn default_role() -> Spanned<String> {
-    Spanned::new(0..0, "subscriber".into())
-}
-
-fn default_patterns() -> Vec<Spanned<String>> {
-    vec![Spanned::new(0..0, "*".into())]
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTopic {
-    pattern: Spanned<String>,
-    #[serde(default = "default_event")]
-    event: Spanned<String>,
-    #[serde(default)]
-    key: Vec<String>,
-    #[serde(default)]
-    history: usize,
-    tiers: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    filters: BTreeMap<String, String>,
-}
-
-fn default_event() -> Spanned<String> {
-    Spanned::new(0..0, "update".into())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    path: Spanned<String>,
-    topic: Spanned<String>,
-    #[serde(rename = "match", default)]
-    fixed: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    nats_url: Spanned<String>,
-    #[serde(default = "default_stream")]
-    stream: Spanned<String>,
-    node: Spanned<String>,
-    #[serde(default = "default_snapshot_s")]
-    snapshot_s: Spanned<u32>,
-}
-
-fn default_stream() -> Spanned<String> {
-    Spanned::new(0..0, "SLUICE".into())
-}
-
-fn default_snapshot_s() -> Spanned<u32> {
-    Spanned::new(0..0, 60)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    kind: Spanned<String>,
-    name: Option<Spanned<String>>,
-    url: Option<Spanned<String>>,
-    headers: Option<Spanned<BTreeMap<String, String>>>,
-    events: Option<Spanned<Vec<String>>>,
-    subscribe: Option<Spanned<String>>,
-    subjects: Option<Spanned<Vec<String>>>,
-    topic: Option<Spanned<String>>,
-    rows: Option<Spanned<String>>,
-    snapshot_url: Option<Spanned<String>>,
-    idle_timeout_s: Option<Spanned<u32>>,
-    backoff_max_ms: Option<Spanned<u32>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetering {
-    path: Spanned<String>,
-    #[serde(default = "default_flush_s")]
-    flush_s: Spanned<u32>,
-}
-
-fn default_flush_s() -> Spanned<u32> {
-    Spanned::new(0..0, 10)
-}
 
 // ---------------------------------------------------------------- validated
 
