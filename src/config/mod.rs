@@ -13,11 +13,15 @@ use toml::Spanned;
 
 mod error;
 mod raw;
+mod routes;
+mod template;
 pub mod values;
 
 pub use error::ConfigError;
 use error::find_span;
 use raw::{RawCluster, RawConfig, RawMetering, RawSource};
+pub use routes::{MatchValue, Route, parse_match};
+pub use template::{Part, parse_template};
 
 use values::topic_name_is_valid;
 pub use values::{KeySecret, Role};
@@ -152,111 +156,6 @@ pub struct TopicRule {
     pub fields: Vec<String>,
     /// query parameter → index into `fields`
     pub filters: Vec<(String, usize)>,
-}
-
-/// One piece of a route template: literal text or a `{name}` variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Part {
-    Lit(String),
-    Var(String),
-}
-
-/// An extra URL layout (`[[routes]]`): a path template whose `/`-separated
-/// segments are literals or whole-segment `{var}`s, the topic it names, and
-/// fixed filters (`match`, values may use the variables) the client cannot
-/// widen. Variables of the topic or `match` that the path lacks are taken
-/// from the query parameter of the same name.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub path: Vec<Part>,
-    pub topic: Vec<Part>,
-    /// row field → its accepted values (the config's comma-separated list)
-    pub fixed: Vec<(String, Vec<MatchValue>)>,
-}
-
-/// One value of a route's `match`: a template, matched exactly or, when the
-/// config wrote it ending in `*`, as a prefix. Only the config's own text
-/// splits values at `,` and makes prefixes: a variable's text from the
-/// request is one literal piece of one value, so `/sse/a,b` or `/sse/*` for
-/// `match = { slug = "{game}" }` asks for the slug `a,b` or `*` and cannot
-/// widen the route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MatchValue {
-    pub parts: Vec<Part>,
-    pub prefix: bool,
-}
-
-/// A `match` value list: comma-separated templates, each ending in `*` for
-/// a prefix. `None` when a template is malformed or the list is empty.
-pub fn parse_match(s: &str) -> Option<Vec<MatchValue>> {
-    let values = s
-        .split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(|v| {
-            let (v, prefix) = match v.strip_suffix('*') {
-                Some(p) => (p, true),
-                None => (v, false),
-            };
-            Some(MatchValue {
-                parts: parse_template(v)?,
-                prefix,
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    (!values.is_empty()).then_some(values)
-}
-
-/// A route path: `/`, then segments that are literals or whole `{var}`s.
-fn parse_route_path(s: &str) -> Option<Vec<Part>> {
-    let rest = s.strip_prefix('/')?;
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    rest.split('/')
-        .map(|seg| match parse_template(seg)?.as_slice() {
-            [one] => Some(one.clone()),
-            [] => Some(Part::Lit(String::new())),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Splits `a/{b}/c{d}` into parts (variables are `{name}`, names of
-/// `[A-Za-z0-9_]`).
-pub fn parse_template(s: &str) -> Option<Vec<Part>> {
-    let mut parts = Vec::new();
-    let mut rest = s;
-    while !rest.is_empty() {
-        match rest.find('{') {
-            Some(0) => {
-                let end = rest.find('}')?;
-                let name = &rest[1..end];
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
-                    return None;
-                }
-                parts.push(Part::Var(name.to_string()));
-                rest = &rest[end + 1..];
-            }
-            Some(i) => {
-                // A `}` outside a variable is refused, before a `{` as
-                // anywhere else (the fuzz target `route_params` found
-                // `}{f}` accepted while `}` alone was not).
-                if rest[..i].contains('}') {
-                    return None;
-                }
-                parts.push(Part::Lit(rest[..i].to_string()));
-                rest = &rest[i..];
-            }
-            None => {
-                if rest.contains('}') {
-                    return None;
-                }
-                parts.push(Part::Lit(rest.to_string()));
-                rest = "";
-            }
-        }
-    }
-    Some(parts)
 }
 
 /// `[metering]` (SPEC §9): usage records appended to `path`.
@@ -862,32 +761,7 @@ fn validate(
         });
     }
 
-    let mut routes = Vec::with_capacity(raw.routes.len());
-    for r in raw.routes {
-        let Some(path) = parse_route_path(r.path.get_ref()) else {
-            return Err(err(
-                r.path.span(),
-                "route path must start with '/' and use whole-segment {variables}".into(),
-            ));
-        };
-        let topic = parse_template(r.topic.get_ref()).ok_or_else(|| {
-            err(
-                r.topic.span(),
-                "route topic must be a topic name with {variables}".into(),
-            )
-        })?;
-        let mut fixed = Vec::with_capacity(r.fixed.len());
-        for (field, v) in r.fixed {
-            let values = parse_match(&v).ok_or_else(|| {
-                err(
-                    r.topic.span(),
-                    format!("route match '{field}': bad template '{v}'"),
-                )
-            })?;
-            fixed.push((field, values));
-        }
-        routes.push(Route { path, topic, fixed });
-    }
+    let routes = routes::validate(src, raw.routes)?;
     let route_fields: Vec<String> = {
         let mut f: Vec<String> = routes
             .iter()
@@ -1481,30 +1355,6 @@ mod tests {
     fn heartbeat_out_of_range() {
         let e = Settings::from_toml("[server]\nheartbeat_s = 31\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
-    }
-
-    #[test]
-    fn the_configs_own_match_text_is_a_list_with_prefixes() {
-        assert_eq!(
-            parse_match(" game , alert.* ,, "),
-            Some(vec![
-                MatchValue {
-                    parts: vec![Part::Lit("game".into())],
-                    prefix: false
-                },
-                MatchValue {
-                    parts: vec![Part::Lit("alert.".into())],
-                    prefix: true
-                },
-            ])
-        );
-        assert_eq!(parse_match(" , "), None);
-        assert_eq!(parse_match("{bad name}"), None);
-        let e = Settings::from_toml(
-            "[[routes]]\npath = \"/a\"\ntopic = \"t\"\nmatch = { k = \",\" }\n",
-        )
-        .unwrap_err();
-        assert!(e.message.contains("route match 'k'"), "{e}");
     }
 
     #[test]
