@@ -16,6 +16,7 @@ mod error;
 mod raw;
 mod routes;
 mod template;
+mod tiers;
 pub mod values;
 
 pub use cluster::{ClusterSettings, MAX_CLUSTER_NAME_BYTES, MAX_SNAPSHOT_S};
@@ -24,6 +25,7 @@ use error::find_span;
 use raw::{RawConfig, RawMetering, RawSource};
 pub use routes::{MatchValue, Route, parse_match};
 pub use template::{Part, parse_template};
+pub use tiers::{MAX_CADENCES, MAX_COALESCE_MS, MIN_COALESCE_MS, Tier};
 
 use values::topic_name_is_valid;
 pub use values::{KeySecret, Role};
@@ -117,23 +119,6 @@ impl Pattern {
         }
     }
 }
-
-#[derive(Debug, Clone)]
-pub struct Tier {
-    pub name: String,
-    pub coalesce_ms: u32,
-    /// Index into [`Settings::cadences`]: tiers with the same `coalesce_ms`
-    /// share one ring and one frame per tick.
-    pub cadence: usize,
-}
-
-/// Longest coalescing interval a tier may have.
-pub const MAX_COALESCE_MS: u32 = 3_600_000;
-/// Shortest non-zero coalescing interval.
-pub const MIN_COALESCE_MS: u32 = 10;
-/// Most distinct `coalesce_ms` values (a state-table row keeps one dirty bit
-/// per cadence).
-pub const MAX_CADENCES: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct Key {
@@ -619,56 +604,8 @@ fn validate(
         Cors::List(s.cors_origins)
     };
 
-    // Tiers: SPEC's three by default.
-    let raw_tiers: Vec<(String, u32)> = match raw.tiers {
-        Some(map) => map.into_iter().map(|(n, t)| (n, t.coalesce_ms)).collect(),
-        None => vec![
-            ("scale".into(), 0),
-            ("enterprise".into(), 500),
-            ("business".into(), 1000),
-        ],
-    };
-    if raw_tiers.is_empty() {
-        return Err(ConfigError::at(src, None, "at least one tier is needed"));
-    }
-    for (name, ms) in &raw_tiers {
-        if *ms != 0 && !(MIN_COALESCE_MS..=MAX_COALESCE_MS).contains(ms) {
-            return Err(ConfigError::at(
-                src,
-                find_span(src, &format!("[tiers.{name}]")),
-                format!(
-                    "tiers.{name}.coalesce_ms must be 0 (raw) or {MIN_COALESCE_MS}..{MAX_COALESCE_MS}"
-                ),
-            ));
-        }
-    }
-    let mut cadences: Vec<u32> = raw_tiers.iter().map(|(_, ms)| *ms).collect();
-    cadences.sort_unstable();
-    cadences.dedup();
-    if cadences.len() > MAX_CADENCES {
-        return Err(ConfigError::at(
-            src,
-            None,
-            format!("at most {MAX_CADENCES} distinct coalesce_ms values"),
-        ));
-    }
-    let tiers: Vec<Tier> = raw_tiers
-        .into_iter()
-        .map(|(name, coalesce_ms)| Tier {
-            name,
-            coalesce_ms,
-            cadence: cadences
-                .iter()
-                .position(|&c| c == coalesce_ms)
-                .expect("every tier's interval is in cadences"),
-        })
-        .collect();
-    let tier_index = |name: &Spanned<String>| -> Result<usize, ConfigError> {
-        tiers
-            .iter()
-            .position(|t| t.name == *name.get_ref())
-            .ok_or_else(|| err(name.span(), format!("unknown tier '{}'", name.get_ref())))
-    };
+    let (tiers, cadences) = tiers::validate(src, raw.tiers)?;
+    let tier_index = |name: &Spanned<String>| tiers::index(src, &tiers, name);
 
     let a = raw.auth;
     // The anonymous tier matters only when keys are optional; its default
