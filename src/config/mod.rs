@@ -17,6 +17,7 @@ mod raw;
 mod routes;
 mod template;
 mod tiers;
+mod topics;
 pub mod values;
 
 pub use cluster::{ClusterSettings, MAX_CLUSTER_NAME_BYTES, MAX_SNAPSHOT_S};
@@ -26,6 +27,8 @@ use raw::{RawConfig, RawMetering, RawSource};
 pub use routes::{MatchValue, Route, parse_match};
 pub use template::{Part, parse_template};
 pub use tiers::{MAX_CADENCES, MAX_COALESCE_MS, MIN_COALESCE_MS, Tier};
+use topics::parse_patterns;
+pub use topics::{Pattern, RESERVED_EVENTS, TopicRule};
 
 use values::topic_name_is_valid;
 pub use values::{KeySecret, Role};
@@ -92,34 +95,6 @@ impl Cors {
     }
 }
 
-/// A topic pattern: an exact name, a prefix ending in `/*`, or `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pattern {
-    Any,
-    Prefix(String),
-    Exact(String),
-}
-
-impl Pattern {
-    pub fn parse(s: &str) -> Option<Pattern> {
-        if s == "*" {
-            Some(Pattern::Any)
-        } else if let Some(prefix) = s.strip_suffix("/*") {
-            topic_name_is_valid(prefix).then(|| Pattern::Prefix(format!("{prefix}/")))
-        } else {
-            topic_name_is_valid(s).then(|| Pattern::Exact(s.to_string()))
-        }
-    }
-
-    pub fn matches(&self, topic: &str) -> bool {
-        match self {
-            Pattern::Any => true,
-            Pattern::Prefix(p) => topic.len() > p.len() && topic.starts_with(p.as_str()),
-            Pattern::Exact(e) => e == topic,
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Key {
     pub name: String,
@@ -128,21 +103,6 @@ pub struct Key {
     pub role: Role,
     pub max_connections: u32,
     pub topics: Vec<Pattern>,
-}
-
-/// What a `[[topics]]` entry says about the topics it matches.
-#[derive(Debug, Clone)]
-pub struct TopicRule {
-    pub pattern: Pattern,
-    pub event: String,
-    pub key: Vec<String>,
-    pub history: usize,
-    pub tiers: Vec<usize>,
-    /// Row fields every published row keeps the value of, for filters: the
-    /// `filters` fields, then every field a route's `match` names.
-    pub fields: Vec<String>,
-    /// query parameter → index into `fields`
-    pub filters: Vec<(String, usize)>,
 }
 
 /// `[metering]` (SPEC §9): usage records appended to `path`.
@@ -158,18 +118,6 @@ pub const MAX_FLUSH_S: u32 = 3600;
 /// The key name usage records give streams without a key (`auth.required =
 /// false`); no configured key may take it while metering is on.
 pub const ANONYMOUS_KEY: &str = "anonymous";
-/// Event names of sluice's own frames: a topic's `event` may not take one,
-/// so that a client (and the metering, which counts update frames by their
-/// head) can tell updates from them.
-pub const RESERVED_EVENTS: &[&str] = &[
-    "connected",
-    "initial_state",
-    "timeout",
-    "limit",
-    "reconnect",
-    "error",
-];
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     /// The built-in simulated feed.
@@ -681,68 +629,7 @@ fn validate(
     }
 
     let routes = routes::validate(src, raw.routes)?;
-    let route_fields: Vec<String> = {
-        let mut f: Vec<String> = routes
-            .iter()
-            .flat_map(|r| r.fixed.iter().map(|(field, _)| field.clone()))
-            .collect();
-        f.sort();
-        f.dedup();
-        f
-    };
-
-    let mut topics = Vec::with_capacity(raw.topics.len());
-    for t in raw.topics {
-        let pattern = parse_patterns(src, std::slice::from_ref(&t.pattern))?.remove(0);
-        let ev = t.event.get_ref();
-        if RESERVED_EVENTS.contains(&ev.as_str()) {
-            return Err(err(
-                t.event.span(),
-                format!("event '{ev}' is the name of one of sluice's own frames"),
-            ));
-        }
-        if ev.is_empty()
-            || ev.len() > 64
-            || !ev
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        {
-            return Err(err(
-                t.event.span(),
-                "event must be 1..64 of [A-Za-z0-9_.-]".into(),
-            ));
-        }
-        let tiers_allowed = match &t.tiers {
-            Some(list) => list.iter().map(tier_index).collect::<Result<Vec<_>, _>>()?,
-            None => (0..tiers.len()).collect(),
-        };
-        let mut fields: Vec<String> = Vec::new();
-        let mut filters = Vec::with_capacity(t.filters.len());
-        for (param, field) in t.filters {
-            let i = match fields.iter().position(|f| *f == field) {
-                Some(i) => i,
-                None => {
-                    fields.push(field);
-                    fields.len() - 1
-                }
-            };
-            filters.push((param, i));
-        }
-        for f in &route_fields {
-            if !fields.contains(f) {
-                fields.push(f.clone());
-            }
-        }
-        topics.push(TopicRule {
-            pattern,
-            event: t.event.into_inner(),
-            key: t.key,
-            history: t.history,
-            tiers: tiers_allowed,
-            fields,
-            filters,
-        });
-    }
+    let topics = topics::validate(src, raw.topics, &tiers, &routes)?;
 
     let mut sources: Vec<Source> = Vec::with_capacity(raw.sources.len());
     for so in raw.sources {
@@ -1127,20 +1014,6 @@ fn validate_metering(
     }))
 }
 
-fn parse_patterns(src: &str, list: &[Spanned<String>]) -> Result<Vec<Pattern>, ConfigError> {
-    list.iter()
-        .map(|p| {
-            Pattern::parse(p.get_ref()).ok_or_else(|| {
-                ConfigError::at(
-                    src,
-                    Some(p.span()),
-                    format!("'{}' is not a topic name, 'prefix/*' or '*'", p.get_ref()),
-                )
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1455,25 +1328,5 @@ snapshot_url = "https://origin.example:9000/snapshot"
         let e = Settings::from_toml(&format!("{anon}[metering]\npath = \"/tmp/u\"\n")).unwrap_err();
         assert_eq!(e.line, 5, "{e}");
         assert!(e.message.contains("reserved"), "{e}");
-    }
-
-    #[test]
-    fn a_topic_event_may_not_be_named_like_sluices_own_frames() {
-        for ev in RESERVED_EVENTS {
-            let src = format!("[[topics]]\npattern = \"*\"\nevent = \"{ev}\"\n");
-            let e = Settings::from_toml(&src).unwrap_err();
-            assert_eq!((e.line, e.column), (3, 9), "{e}");
-        }
-    }
-
-    #[test]
-    fn patterns() {
-        let p = Pattern::parse("odds/*").unwrap();
-        assert!(p.matches("odds/nba"));
-        assert!(p.matches("odds/nba/live"));
-        assert!(!p.matches("odds"));
-        assert!(!p.matches("oddsx/nba"));
-        assert!(Pattern::parse("*").unwrap().matches("x"));
-        assert!(Pattern::parse("a//b").is_none());
     }
 }
