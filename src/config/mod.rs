@@ -8,10 +8,9 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 
-use toml::Spanned;
-
 mod cluster;
 mod error;
+mod keys;
 mod raw;
 mod routes;
 mod secret;
@@ -24,6 +23,7 @@ pub mod values;
 pub use cluster::{ClusterSettings, MAX_CLUSTER_NAME_BYTES, MAX_SNAPSHOT_S};
 pub use error::ConfigError;
 use error::find_span;
+pub use keys::{EXAMPLE_SECRETS, Key, MIN_TOKEN_SECRET_BYTES};
 use raw::{RawConfig, RawMetering};
 pub use routes::{MatchValue, Route, parse_match};
 pub use secret::{Secret, expand_env, redact_url};
@@ -33,43 +33,12 @@ pub use sources::{
 };
 pub use template::{Part, parse_template};
 pub use tiers::{MAX_CADENCES, MAX_COALESCE_MS, MIN_COALESCE_MS, Tier};
-use topics::parse_patterns;
 pub use topics::{Pattern, RESERVED_EVENTS, TopicRule};
 
 pub use values::{KeySecret, Role};
 
 /// The built-in demo configuration (`sluice serve` without `--config`).
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
-
-/// Secrets that ship in this repository's example configs, README and
-/// docs, and the usual stand-ins: [`Settings::warnings`] flags a
-/// `token_secret` or key that uses one.
-pub const EXAMPLE_SECRETS: &[&str] = &[
-    "change-me",
-    "change_me",
-    "changeme",
-    "secret",
-    "test",
-    "password",
-    "sk_live_acme",
-    "sk_live_example",
-    "sk_live_xxxxx",
-    "pk_live_scale",
-    "pk_live_enterprise",
-    "pk_live_business",
-    "pk_publisher_change_me",
-    "demo-scale",
-    "demo-enterprise",
-    "demo-business",
-    "demo-publisher",
-    "demo-admin",
-    "demo-public-key-2026",
-    "set-the-same-random-secret-on-every-node",
-];
-
-/// Shortest `token_secret` that [`Settings::warnings`] does not call
-/// guessable (an HS256 secret can be searched offline from any token).
-pub const MIN_TOKEN_SECRET_BYTES: usize = 16;
 
 /// Most workers a node runs: worker interest in a topic is one bit of a `u64`.
 pub const MAX_WORKERS: usize = 64;
@@ -98,16 +67,6 @@ impl Cors {
             Cors::List(list) => list.iter().any(|o| o == origin).then_some(origin),
         }
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct Key {
-    pub name: String,
-    pub secret: KeySecret,
-    pub tier: usize,
-    pub role: Role,
-    pub max_connections: u32,
-    pub topics: Vec<Pattern>,
 }
 
 /// `[metering]` (SPEC §9): usage records appended to `path`.
@@ -285,41 +244,7 @@ impl Settings {
     /// that no key matches, a guessable `token_secret`, the demo source.
     /// The file is valid all the same.
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let secret = &self.token_secret;
-        // Secrets are named, never printed, even published ones.
-        if EXAMPLE_SECRETS
-            .iter()
-            .any(|e| e.as_bytes() == secret.as_slice())
-        {
-            out.push(
-                "auth.token_secret is a published example: anyone can mint stream tokens \
-                 with it; set a random one (openssl rand -hex 32), or \"\" for a random \
-                 secret per process"
-                    .into(),
-            );
-        } else if secret.len() < MIN_TOKEN_SECRET_BYTES {
-            out.push(format!(
-                "auth.token_secret has {} bytes: a short secret can be guessed from any \
-                 token; use at least {MIN_TOKEN_SECRET_BYTES} random bytes (openssl rand -hex 32)",
-                secret.len()
-            ));
-        }
-        for k in &self.keys {
-            if EXAMPLE_SECRETS.iter().any(|e| k.secret.is(e)) {
-                out.push(format!(
-                    "key '{}' uses a published example secret: anyone can use it; set a \
-                     random one (openssl rand -hex 24), preferably as key_sha256",
-                    k.name
-                ));
-            } else if k.secret.is_placeholder() {
-                out.push(format!(
-                    "key '{}' has the placeholder key_sha256 of zeros: no key matches it; \
-                     set the SHA-256 of a real key (printf %s \"$KEY\" | sha256sum)",
-                    k.name
-                ));
-            }
-        }
+        let mut out = keys::secret_warnings(&self.token_secret, &self.keys);
         if self.has_source(SourceKind::Demo) {
             out.push(
                 "[[sources]] kind = \"demo\" publishes simulated odds and ticker rows: \
@@ -414,80 +339,9 @@ fn validate(
     };
 
     let (tiers, cadences) = tiers::validate(src, raw.tiers)?;
-    let tier_index = |name: &Spanned<String>| tiers::index(src, &tiers, name);
 
-    let a = raw.auth;
-    // The anonymous tier matters only when keys are optional; its default
-    // ("business") need not exist when they are required.
-    let anonymous_tier = match tier_index(&a.anonymous_tier) {
-        Ok(t) => t,
-        Err(_) if a.required && a.anonymous_tier.span().is_empty() => 0,
-        Err(e) => {
-            return Err(ConfigError {
-                message: format!("auth.anonymous_tier: {}", e.message),
-                ..e
-            });
-        }
-    };
-    let token_secret_random = a.token_secret.is_empty();
-    let token_secret = if token_secret_random {
-        // A per-process secret from the kernel's CSPRNG (tokens then die
-        // with the process, which is what an empty secret asks for).
-        let mut b = vec![0u8; 32];
-        std::io::Read::read_exact(
-            &mut std::fs::File::open("/dev/urandom").map_err(|e| {
-                ConfigError::at(
-                    src,
-                    None,
-                    format!("token_secret: cannot read /dev/urandom: {e}"),
-                )
-            })?,
-            &mut b,
-        )
-        .map_err(|e| ConfigError::at(src, None, format!("token_secret: {e}")))?;
-        b
-    } else {
-        a.token_secret.into_bytes()
-    };
-
-    let mut keys = Vec::with_capacity(raw.keys.len());
-    for k in raw.keys {
-        let secret = match (k.key, k.key_sha256) {
-            (Some(plain), None) if !plain.is_empty() => KeySecret::plain(&plain),
-            (None, Some(hex)) => KeySecret::from_sha256_hex(hex.get_ref())
-                .ok_or_else(|| err(hex.span(), "key_sha256 must be 64 hex digits".into()))?,
-            _ => {
-                return Err(err(
-                    k.name.span(),
-                    format!(
-                        "key '{}': give exactly one of key or key_sha256",
-                        k.name.get_ref()
-                    ),
-                ));
-            }
-        };
-        let role = Role::parse(k.role.get_ref()).ok_or_else(|| {
-            err(
-                k.role.span(),
-                "role must be subscriber, publisher or admin".into(),
-            )
-        })?;
-        let topics = parse_patterns(src, &k.topics)?;
-        if keys.iter().any(|o: &Key| o.name == *k.name.get_ref()) {
-            return Err(err(
-                k.name.span(),
-                format!("duplicate key name '{}'", k.name.get_ref()),
-            ));
-        }
-        keys.push(Key {
-            name: k.name.into_inner(),
-            secret,
-            tier: tier_index(&k.tier)?,
-            role,
-            max_connections: k.max_connections,
-            topics,
-        });
-    }
+    let a = keys::validate_auth(src, raw.auth, &tiers)?;
+    let keys = keys::validate_keys(src, raw.keys, &tiers)?;
 
     let routes = routes::validate(src, raw.routes)?;
     let topics = topics::validate(src, raw.topics, &tiers, &routes)?;
@@ -522,9 +376,9 @@ fn validate(
         max_body_bytes: s.max_body_bytes,
         cors,
         auth_required: a.required,
-        anonymous_tier,
-        token_secret,
-        token_secret_random,
+        anonymous_tier: a.anonymous_tier,
+        token_secret: a.token_secret,
+        token_secret_random: a.token_secret_random,
         token_ttl_s: a.token_ttl_s,
         tiers,
         cadences,

@@ -16,8 +16,10 @@ use super::raw::RawTier;
 pub struct Tier {
     pub name: String,
     pub coalesce_ms: u32,
-    /// Index into [`Settings::cadences`](super::Settings::cadences): tiers with the same `coalesce_ms`
+    /// Index into [`Settings::cadences`]: tiers with the same `coalesce_ms`
     /// share one ring and one frame per tick.
+    ///
+    /// [`Settings::cadences`]: super::Settings::cadences
     pub cadence: usize,
 }
 
