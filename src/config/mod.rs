@@ -11,6 +11,7 @@ use std::ops::Range;
 mod cluster;
 mod error;
 mod keys;
+mod metering;
 mod raw;
 mod routes;
 mod secret;
@@ -24,7 +25,8 @@ pub use cluster::{ClusterSettings, MAX_CLUSTER_NAME_BYTES, MAX_SNAPSHOT_S};
 pub use error::ConfigError;
 use error::find_span;
 pub use keys::{EXAMPLE_SECRETS, Key, MIN_TOKEN_SECRET_BYTES};
-use raw::{RawConfig, RawMetering};
+pub use metering::{ANONYMOUS_KEY, MAX_FLUSH_S, Metering};
+use raw::RawConfig;
 pub use routes::{MatchValue, Route, parse_match};
 pub use secret::{Secret, expand_env, redact_url};
 pub use sources::{
@@ -69,19 +71,6 @@ impl Cors {
     }
 }
 
-/// `[metering]` (SPEC §9): usage records appended to `path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Metering {
-    pub path: std::path::PathBuf,
-    /// Seconds between two `fdatasync`s of the file.
-    pub flush_s: u32,
-}
-
-/// Longest `flush_s`.
-pub const MAX_FLUSH_S: u32 = 3600;
-/// The key name usage records give streams without a key (`auth.required =
-/// false`); no configured key may take it while metering is on.
-pub const ANONYMOUS_KEY: &str = "anonymous";
 /// The validated configuration. Built once; a reload builds a new one.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -352,7 +341,7 @@ fn validate(
         Some(c) => Some(cluster::validate(src, c)?),
         None => None,
     };
-    let metering = validate_metering(src, raw.metering, &keys, a.required)?;
+    let metering = metering::validate(src, raw.metering, &keys, a.required)?;
 
     Ok(Settings {
         listen,
@@ -389,47 +378,6 @@ fn validate(
         cluster,
         metering,
     })
-}
-
-/// `[metering]`: a path and `flush_s` 1..MAX_FLUSH_S; with optional keys,
-/// no key may be named [`ANONYMOUS_KEY`].
-fn validate_metering(
-    src: &str,
-    raw: Option<RawMetering>,
-    keys: &[Key],
-    auth_required: bool,
-) -> Result<Option<Metering>, ConfigError> {
-    let Some(m) = raw else {
-        return Ok(None);
-    };
-    if m.path.get_ref().trim().is_empty() {
-        return Err(ConfigError::at(
-            src,
-            Some(m.path.span()),
-            "metering.path must name a file",
-        ));
-    }
-    if !(1..=MAX_FLUSH_S).contains(m.flush_s.get_ref()) {
-        return Err(ConfigError::at(
-            src,
-            Some(m.flush_s.span()).filter(|s| !s.is_empty()),
-            format!("metering.flush_s must be 1..{MAX_FLUSH_S}"),
-        ));
-    }
-    if !auth_required && keys.iter().any(|k| k.name == ANONYMOUS_KEY) {
-        return Err(ConfigError::at(
-            src,
-            find_span(src, &format!("\"{ANONYMOUS_KEY}\"")),
-            format!(
-                "key name '{ANONYMOUS_KEY}' is reserved: usage records name streams \
-                 without a key so (auth.required = false)"
-            ),
-        ));
-    }
-    Ok(Some(Metering {
-        path: m.path.into_inner().into(),
-        flush_s: m.flush_s.into_inner(),
-    }))
 }
 
 #[cfg(test)]
@@ -489,29 +437,5 @@ mod tests {
         assert!(matches!(s.cors, Cors::Any));
         let s = Settings::from_toml("[server]\ncors_origins = []\n").unwrap();
         assert_eq!(s.cors.allow("https://a.example"), None);
-    }
-
-    #[test]
-    fn metering_section() {
-        let s = Settings::from_toml("[metering]\npath = \"/tmp/u.jsonl\"\n").unwrap();
-        let m = s.metering.unwrap();
-        assert_eq!(m.path, std::path::PathBuf::from("/tmp/u.jsonl"));
-        assert_eq!(m.flush_s, 10);
-        assert!(Settings::from_toml("").unwrap().metering.is_none());
-        let e = Settings::from_toml("[metering]\npath = \"/tmp/u\"\nflush_s = 0\n").unwrap_err();
-        assert_eq!((e.line, e.column), (3, 11), "{e}");
-        let e = Settings::from_toml("[metering]\npath = \" \"\n").unwrap_err();
-        assert_eq!(e.line, 2, "{e}");
-        let e = Settings::from_toml("[metering]\nflush_s = 1\n").unwrap_err();
-        assert!(e.message.contains("path"), "{e}");
-        let e = Settings::from_toml("[metering]\npath = \"/tmp/u\"\nbogus = 1\n").unwrap_err();
-        assert_eq!(e.line, 3, "{e}");
-        // Streams without a key are metered as "anonymous": no key may be.
-        let anon = "[auth]\nrequired = false\nanonymous_tier = \"scale\"\n\
-                    [[keys]]\nname = \"anonymous\"\nkey = \"k\"\ntier = \"scale\"\n";
-        assert!(Settings::from_toml(anon).is_ok());
-        let e = Settings::from_toml(&format!("{anon}[metering]\npath = \"/tmp/u\"\n")).unwrap_err();
-        assert_eq!(e.line, 5, "{e}");
-        assert!(e.message.contains("reserved"), "{e}");
     }
 }
