@@ -203,3 +203,16 @@ pub(super) fn secret_warnings(secret: &[u8], keys: &[Key]) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Settings;
+
+    #[test]
+    fn unknown_tier_points_at_the_value() {
+        let src = "[[keys]]\nname = \"a\"\nkey = \"k\"\ntier = \"gold\"\n";
+        let e = Settings::from_toml(src).unwrap_err();
+        assert_eq!((e.line, e.column), (4, 8), "{e}");
+        assert!(e.message.contains("unknown tier 'gold'"), "{e}");
+    }
+}

@@ -6,7 +6,6 @@
 //! [`Settings`] (behind an `Arc`) and the small value types it holds.
 
 use std::net::SocketAddr;
-use std::ops::Range;
 
 mod cluster;
 mod error;
@@ -15,6 +14,7 @@ mod metering;
 mod raw;
 mod routes;
 mod secret;
+mod server;
 mod sources;
 mod template;
 mod tiers;
@@ -23,12 +23,12 @@ pub mod values;
 
 pub use cluster::{ClusterSettings, MAX_CLUSTER_NAME_BYTES, MAX_SNAPSHOT_S};
 pub use error::ConfigError;
-use error::find_span;
 pub use keys::{EXAMPLE_SECRETS, Key, MIN_TOKEN_SECRET_BYTES};
 pub use metering::{ANONYMOUS_KEY, MAX_FLUSH_S, Metering};
 use raw::RawConfig;
 pub use routes::{MatchValue, Route, parse_match};
 pub use secret::{Secret, expand_env, redact_url};
+pub use server::{Cors, MAX_WORKERS};
 pub use sources::{
     DEFAULT_BACKOFF_MAX_MS, DEFAULT_IDLE_TIMEOUT_S, MAX_BACKOFF_MAX_MS, MAX_IDLE_TIMEOUT_S,
     MAX_SOURCE_NAME_BYTES, MIN_BACKOFF_MAX_MS, Source, SourceKind,
@@ -42,34 +42,7 @@ pub use values::{KeySecret, Role};
 /// The built-in demo configuration (`sluice serve` without `--config`).
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
-/// Most workers a node runs: worker interest in a topic is one bit of a `u64`.
-pub const MAX_WORKERS: usize = 64;
-
 // ---------------------------------------------------------------- validated
-
-/// Which origins get CORS headers.
-#[derive(Debug, Clone)]
-pub enum Cors {
-    /// `cors_origins` holds `"*"`: every origin, answered with a literal `*`.
-    Any,
-    /// Only these origins, compared whole and byte for byte (so
-    /// `https://a.example` allows neither `https://a.example.evil.com` nor
-    /// `http://a.example`); an allowed origin is echoed.
-    List(Vec<String>),
-}
-
-impl Cors {
-    /// The `Access-Control-Allow-Origin` value for a request's `Origin`, if
-    /// allowed: `*` when any origin is, else the origin itself when it is
-    /// one of the list. A request's `Origin` is never echoed unless the list
-    /// names it.
-    pub fn allow<'a>(&self, origin: &'a str) -> Option<&'a str> {
-        match self {
-            Cors::Any => Some("*"),
-            Cors::List(list) => list.iter().any(|o| o == origin).then_some(origin),
-        }
-    }
-}
 
 /// The validated configuration. Built once; a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -260,73 +233,7 @@ fn validate(
     raw: RawConfig,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigError> {
-    let err = |span: Range<usize>, msg: String| ConfigError::at(src, Some(span), msg);
-    let s = raw.server;
-
-    let listen: SocketAddr = s.listen.get_ref().parse().map_err(|_| {
-        err(
-            s.listen.span(),
-            format!("listen: '{}' is not an IP:port address", s.listen.get_ref()),
-        )
-    })?;
-    let admin_listen = match &s.admin_listen {
-        None => None,
-        Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
-            err(
-                a.span(),
-                format!("admin_listen: '{}' is not an IP:port address", a.get_ref()),
-            )
-        })?),
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = if s.workers == 0 {
-        cores.min(MAX_WORKERS)
-    } else {
-        s.workers
-    };
-    if workers > MAX_WORKERS {
-        return Err(ConfigError::at(
-            src,
-            None,
-            format!("workers: at most {MAX_WORKERS}"),
-        ));
-    }
-    for (name, v, max) in [
-        ("slow_consumer_s", &s.slow_consumer_s, 3600),
-        ("header_timeout_s", &s.header_timeout_s, 3600),
-        ("body_timeout_s", &s.body_timeout_s, 3600),
-        ("keepalive_timeout_s", &s.keepalive_timeout_s, 3600),
-    ] {
-        if !(1..=max).contains(v.get_ref()) {
-            return Err(ConfigError::at(
-                src,
-                Some(v.span()),
-                format!("{name} must be 1..{max}"),
-            ));
-        }
-    }
-    if s.max_pending_connections == 0 || s.max_pending_per_ip == 0 {
-        return Err(ConfigError::at(
-            src,
-            find_span(src, "max_pending"),
-            "max_pending_connections and max_pending_per_ip must be at least 1",
-        ));
-    }
-    if !(1..=30).contains(s.heartbeat_s.get_ref()) {
-        return Err(err(
-            s.heartbeat_s.span(),
-            "heartbeat_s must be 1..30".into(),
-        ));
-    }
-    if !(16..=1 << 20).contains(s.replay.get_ref()) {
-        return Err(err(s.replay.span(), "replay must be 16..1048576".into()));
-    }
-    let cors = if s.cors_origins.iter().any(|o| o == "*") {
-        Cors::Any
-    } else {
-        Cors::List(s.cors_origins)
-    };
-
+    let s = server::validate(src, raw.server)?;
     let (tiers, cadences) = tiers::validate(src, raw.tiers)?;
 
     let a = keys::validate_auth(src, raw.auth, &tiers)?;
@@ -344,26 +251,26 @@ fn validate(
     let metering = metering::validate(src, raw.metering, &keys, a.required)?;
 
     Ok(Settings {
-        listen,
-        workers,
+        listen: s.listen,
+        workers: s.workers,
         max_connections: s.max_connections,
         retry_ms: s.retry_ms,
-        heartbeat_s: s.heartbeat_s.into_inner(),
-        slow_consumer_s: s.slow_consumer_s.into_inner(),
-        header_timeout_s: s.header_timeout_s.into_inner(),
-        body_timeout_s: s.body_timeout_s.into_inner(),
-        keepalive_timeout_s: s.keepalive_timeout_s.into_inner(),
+        heartbeat_s: s.heartbeat_s,
+        slow_consumer_s: s.slow_consumer_s,
+        header_timeout_s: s.header_timeout_s,
+        body_timeout_s: s.body_timeout_s,
+        keepalive_timeout_s: s.keepalive_timeout_s,
         max_pending_connections: s.max_pending_connections,
         max_pending_per_ip: s.max_pending_per_ip,
         sndbuf_bytes: s.sndbuf_bytes,
         topic_idle_s: s.topic_idle_s,
         max_topics_per_key: s.max_topics_per_key,
-        admin_listen,
+        admin_listen: s.admin_listen,
         max_duration_s: s.max_duration_s,
         max_events: s.max_events,
-        replay: s.replay.into_inner(),
+        replay: s.replay,
         max_body_bytes: s.max_body_bytes,
-        cors,
+        cors: s.cors,
         auth_required: a.required,
         anonymous_tier: a.anonymous_tier,
         token_secret: a.token_secret,
@@ -398,44 +305,5 @@ mod tests {
         let e = Settings::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
         assert_eq!((e.line, e.column), (3, 1), "{e}");
         assert!(e.message.contains("bogus"), "{e}");
-    }
-
-    #[test]
-    fn unknown_tier_points_at_the_value() {
-        let src = "[[keys]]\nname = \"a\"\nkey = \"k\"\ntier = \"gold\"\n";
-        let e = Settings::from_toml(src).unwrap_err();
-        assert_eq!((e.line, e.column), (4, 8), "{e}");
-        assert!(e.message.contains("unknown tier 'gold'"), "{e}");
-    }
-
-    #[test]
-    fn heartbeat_out_of_range() {
-        let e = Settings::from_toml("[server]\nheartbeat_s = 31\n").unwrap_err();
-        assert_eq!(e.line, 2, "{e}");
-    }
-
-    #[test]
-    fn cors_echoes_only_listed_origins_and_answers_star_for_any() {
-        let list = Cors::List(vec!["https://a.example".into()]);
-        assert_eq!(list.allow("https://a.example"), Some("https://a.example"));
-        for other in [
-            "https://a.example.evil.com",
-            "https://evil.example",
-            "http://a.example",
-            "https://a.example:443",
-            "https://a.example/",
-            "https://A.example",
-            "https://xa.example",
-            "null",
-            "",
-        ] {
-            assert_eq!(list.allow(other), None, "{other}");
-        }
-        assert_eq!(Cors::Any.allow("https://evil.example"), Some("*"));
-        let s = Settings::from_toml("[server]\ncors_origins = [\"https://a.example\", \"*\"]\n")
-            .unwrap();
-        assert!(matches!(s.cors, Cors::Any));
-        let s = Settings::from_toml("[server]\ncors_origins = []\n").unwrap();
-        assert_eq!(s.cors.allow("https://a.example"), None);
     }
 }
