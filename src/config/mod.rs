@@ -1,11 +1,47 @@
 //! Configuration: the TOML file of SPEC §6, parsed strictly (unknown keys are
 //! errors) into raw serde shapes, then validated once into [`Settings`].
 //!
-//! Cold module. Every error carries the line and column of the offending
-//! value. Hot modules never see these raw shapes: they receive the validated
-//! [`Settings`] (behind an `Arc`) and the small value types it holds.
+//! Cold module, and a leaf: nothing in `config` imports the rest of the
+//! crate (the crate imports config, never the reverse). Every error carries
+//! the line and column of the offending value. Hot modules never see the
+//! raw shapes: they receive the validated [`Settings`] (behind an `Arc`),
+//! or plain values such as [`StreamSettings`] with its `Duration`s.
+//!
+//! This file owns [`Settings`], the loading glue and the reload helpers
+//! ([`Settings::extend_cadences`], [`Settings::keep_restart_only`]); it is
+//! the only place that reads the process environment (`${VAR}`s, in
+//! [`Settings::from_toml`]). Each section is turned from its raw shape into
+//! typed settings by one function of its own file, called in the order
+//! below (which decides the error reported for a file with several):
+//!
+//! * `server`: `[server]`: listeners, limits, deadlines, [`Cors`].
+//! * `tiers`: `[tiers]`: [`Tier`]s and their cadences.
+//! * `keys`: `[auth]` and `[[keys]]`: the token secret, the anonymous
+//!   tier, [`Key`]s, and the warnings about published secrets.
+//! * `routes`: `[[routes]]`: [`Route`]s (matching a request against them is
+//!   `server::routes`, at request time).
+//! * `topics`: `[[topics]]`: [`TopicRule`]s and [`Pattern`]s.
+//! * `sources`: `[[sources]]`: [`Source`]s.
+//! * `cluster`: `[cluster]`: [`ClusterSettings`].
+//! * `metering`: `[metering]`: [`Metering`].
+//!
+//! Beside them: `raw` (the serde shapes exactly as read), `error`
+//! ([`ConfigError`] and positions), `template` (the `{var}` syntax),
+//! `secret` ([`Secret`], `${VAR}` expansion, URL redaction) and
+//! [`values`] (roles, key digests and the topic-name rule that `auth` and
+//! `hub` share).
+//!
+//! Imports run one way, so there are no cycles: this file imports the
+//! sections; `metering` → `keys`; `keys` and `sources` → `topics`;
+//! `topics` → `routes`; `keys` and `topics` → `tiers`; every section →
+//! `raw`, `error` and the helpers, which import nothing of `config`. No
+//! section imports this file (only test modules reach back for
+//! `Settings::from_toml`). Every public name keeps its `config::` path
+//! through the re-exports below.
 
 use std::net::SocketAddr;
+
+use raw::RawConfig;
 
 mod cluster;
 mod error;
@@ -25,7 +61,6 @@ pub use cluster::{ClusterSettings, MAX_CLUSTER_NAME_BYTES, MAX_SNAPSHOT_S};
 pub use error::ConfigError;
 pub use keys::{EXAMPLE_SECRETS, Key, MIN_TOKEN_SECRET_BYTES};
 pub use metering::{ANONYMOUS_KEY, MAX_FLUSH_S, Metering};
-use raw::RawConfig;
 pub use routes::{MatchValue, Route, parse_match};
 pub use secret::{Secret, expand_env, redact_url};
 pub use server::{Cors, MAX_WORKERS};
@@ -36,13 +71,10 @@ pub use sources::{
 pub use template::{Part, parse_template};
 pub use tiers::{MAX_CADENCES, MAX_COALESCE_MS, MIN_COALESCE_MS, Tier};
 pub use topics::{Pattern, RESERVED_EVENTS, TopicRule};
-
 pub use values::{KeySecret, Role};
 
 /// The built-in demo configuration (`sluice serve` without `--config`).
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
-
-// ---------------------------------------------------------------- validated
 
 /// The validated configuration. Built once; a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -228,6 +260,9 @@ impl Settings {
     }
 }
 
+/// Each section through its own `validate`, in the order of the module
+/// docs: a later section may use an earlier one's result (tiers by name,
+/// topics for sources, keys for metering).
 fn validate(
     src: &str,
     raw: RawConfig,
