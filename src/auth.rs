@@ -402,6 +402,37 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_names_give_a_token_that_verifies() {
+        // Control characters take 6 bytes each once JSON-escaped.
+        let name: String = "\u{1}".repeat(crate::config::values::MAX_NAME_BYTES);
+        let toml_name: String = "\\u0001".repeat(crate::config::values::MAX_NAME_BYTES);
+        let s = Settings::from_toml(&format!(
+            "[auth]\ntoken_secret = \"s3cret\"\n[tiers.\"{toml_name}\"]\ncoalesce_ms = 0\n\
+             [[keys]]\nname = \"{toml_name}\"\nkey = \"sk\"\ntier = \"{toml_name}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.keys[0].name, name);
+        let keys = Keys::new(&s.keys);
+        let topic = "a".repeat(crate::config::values::MAX_TOPIC_BYTES);
+        let t = keys.issue_token(&s, 0, Some(&topic), u64::from(u32::MAX) * 1000);
+        assert!(t.len() <= MAX_TOKEN_BYTES, "{} bytes", t.len());
+        assert!(
+            keys.verify_token(&s, &t, u64::from(u32::MAX) * 1000)
+                .is_ok()
+        );
+        // One byte more is a config error.
+        let long = "k".repeat(crate::config::values::MAX_NAME_BYTES + 1);
+        let e = Settings::from_toml(&format!(
+            "[[keys]]\nname = \"{long}\"\nkey = \"sk\"\ntier = \"raw\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("key names must be 1..64 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn forged_tokens_are_refused() {
         let s = settings();
         let keys = Keys::new(&s.keys);

@@ -14,7 +14,7 @@ use super::error::ConfigError;
 use super::raw::{RawAuth, RawKey};
 use super::tiers::{Tier, index as tier_index};
 use super::topics::{Pattern, parse_patterns};
-use super::values::{KeySecret, Role};
+use super::values::{KeySecret, MAX_NAME_BYTES, Role};
 
 /// Secrets that ship in this repository's example configs, README and
 /// docs, and the usual stand-ins: [`Settings::warnings`] flags a
@@ -128,6 +128,12 @@ pub(super) fn validate_keys(
     let err = |span: Range<usize>, msg: String| ConfigError::at(src, Some(span), msg);
     let mut keys = Vec::with_capacity(raw.len());
     for k in raw {
+        if !(1..=MAX_NAME_BYTES).contains(&k.name.get_ref().len()) {
+            return Err(err(
+                k.name.span(),
+                format!("key names must be 1..{MAX_NAME_BYTES} bytes"),
+            ));
+        }
         let secret = match (k.key, k.key_sha256) {
             (Some(plain), None) if !plain.is_empty() => KeySecret::plain(&plain),
             (None, Some(hex)) => KeySecret::from_sha256_hex(hex.get_ref())

@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::error::{ConfigError, find_span};
 use super::raw::RawTier;
+use super::values::MAX_NAME_BYTES;
 
 #[derive(Debug, Clone)]
 pub struct Tier {
@@ -50,6 +51,13 @@ pub(super) fn validate(
         return Err(ConfigError::at(src, None, "at least one tier is needed"));
     }
     for (name, ms) in &raw_tiers {
+        if !(1..=MAX_NAME_BYTES).contains(&name.len()) {
+            return Err(ConfigError::at(
+                src,
+                find_span(src, &format!("[tiers.{name}]")),
+                format!("tier names must be 1..{MAX_NAME_BYTES} bytes"),
+            ));
+        }
         if *ms != 0 && !(MIN_COALESCE_MS..=MAX_COALESCE_MS).contains(ms) {
             return Err(ConfigError::at(
                 src,

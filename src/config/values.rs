@@ -10,6 +10,10 @@ use subtle::ConstantTimeEq;
 /// Longest topic name, in bytes (SPEC §1).
 pub const MAX_TOPIC_BYTES: usize = 200;
 
+/// Longest key or tier name: both go into stream tokens (JSON-escaped, so
+/// up to 6 bytes each), which must stay under `auth::MAX_TOKEN_BYTES`.
+pub const MAX_NAME_BYTES: usize = 64;
+
 /// `[A-Za-z0-9._~:@-]` segments joined by `/`, 1–200 bytes.
 pub fn topic_name_is_valid(name: &str) -> bool {
     !name.is_empty()
