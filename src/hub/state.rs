@@ -151,6 +151,9 @@ impl Topic {
         let Some(f) = filter else {
             return Some(e.frame.clone());
         };
+        // (A filter names fields, so the topic has some and its entries
+        // keep their rows: `Topic::push_frame`.)
+        debug_assert!(!self.fields.is_empty());
         // Each row is tested once (the frame builder walks its rows twice).
         let kept: Vec<&[u8]> = e
             .rows

@@ -306,6 +306,14 @@ impl Topic {
             rows.iter().map(Row::json),
         );
         let ring = self.rings[c].get().expect("an active cadence has a ring");
+        // Only filtered groups read an entry's rows (to re-join the ones
+        // that pass), and a topic without filter fields has none: its ring
+        // keeps the frame alone, and the rows are freed now.
+        let rows = if self.fields.is_empty() {
+            Rows::default()
+        } else {
+            rows
+        };
         ring.push(Entry {
             seq,
             ts_ms,
