@@ -350,7 +350,7 @@ impl KeyedTable {
         }
         let p = self.len;
         let addr = self.records.push(bytes);
-        if p % AT_CHUNK == 0 {
+        if p.is_multiple_of(AT_CHUNK) {
             self.at.push(Vec::new());
         }
         let last = self.at.last_mut().expect("a chunk for position p");
