@@ -18,8 +18,10 @@ use crate::server::http::response::error_response;
 use crate::server::http::{Context, Contexts, conn};
 use crate::server::limits::{ConnSlot, PendingSlot};
 
-/// Listen backlog of each worker's socket.
-pub const LISTEN_BACKLOG: i32 = 4096;
+/// Listen backlog asked for each worker's socket: the kernel caps it at
+/// `net.core.somaxconn` (4,096 by default since Linux 5.4), so that sysctl
+/// decides.
+pub const LISTEN_BACKLOG: i32 = 65535;
 /// Descriptors kept back from client connections for the process (stdio,
 /// the signal pipe, logs, the sources' and coalescer's threads).
 pub const FD_HEADROOM_BASE: u64 = 32;
