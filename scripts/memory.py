@@ -44,6 +44,7 @@ import argparse
 import errno
 import http.client
 import json
+import shutil
 import os
 import resource
 import select
@@ -155,6 +156,8 @@ class Server:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def settle(srv):

@@ -309,6 +309,8 @@ fn start_faulty(
             Err(e) => panic!("sluice neither listened nor ended: {e}"),
         }
     };
+    // It has read its configuration (or ended): the file may go.
+    let _ = std::fs::remove_file(&path);
     // Give the caller every line, the ones read here first.
     let (tx, all) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
