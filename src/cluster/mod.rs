@@ -49,8 +49,18 @@
 //! stream this node creates) and acks it with the first one's sequence, so
 //! two nodes fronting the same origin that pass the same [`msg_id`] for the
 //! same origin event store it once.
+//!
+//! Files: this one holds the public link API (the limits, [`ClusterError`],
+//! [`Link`] and its state, subject names, [`start`]); `startup.rs` the
+//! cluster thread's body (connecting, the stream, the snapshot, readiness);
+//! `publish.rs` the publish side ([`Link::submit`], the publish loop,
+//! [`msg_id`]); `apply.rs` the apply side (the ordered consumer); and
+//! `snapshot.rs` the state snapshots.
 
+mod apply;
+mod publish;
 pub mod snapshot;
+mod startup;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -58,15 +68,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::push, stream};
-use bytes::Bytes;
-use futures_util::StreamExt;
-use sha2::Digest;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ClusterSettings;
 use crate::hub::Hub;
-use crate::sources::publish::parse_rows;
+use publish::Request;
+pub use publish::{Pending, msg_id};
+use startup::run;
 
 /// Publishes queued for the cluster thread; past it a publish gets 503.
 pub const PUBLISH_QUEUE: usize = 4096;
@@ -132,89 +140,7 @@ pub struct Link {
     applied: AtomicU64,
 }
 
-struct Request {
-    subject: String,
-    rows: Bytes,
-    msg_id: String,
-    reply: oneshot::Sender<Result<u64, ClusterError>>,
-}
-
-/// A publish on its way to the log: its id once stored.
-pub struct Pending(oneshot::Receiver<Result<u64, ClusterError>>);
-
-impl Pending {
-    /// Awaitable from any runtime (monoio workers, tokio sources).
-    pub async fn wait(self) -> Result<u64, ClusterError> {
-        self.0.await.unwrap_or(Err(ClusterError::Stopped))
-    }
-
-    /// Blocks the calling thread until the answer comes: for a source's own
-    /// thread. (Unlike tokio's `blocking_recv` it does not panic inside an
-    /// async runtime, but it does block that runtime's thread: use
-    /// [`Pending::wait`] there.)
-    pub fn wait_blocking(self) -> Result<u64, ClusterError> {
-        block_on(self.wait())
-    }
-}
-
-/// Runs a future to completion on the calling thread, parking it between
-/// polls.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
 impl Link {
-    /// Queues `rows` (a JSON array of compact rows) of `topic` for the log.
-    /// `msg_id`: JetStream's de-duplication id (`None`: a random one).
-    pub fn submit(
-        &self,
-        topic: &str,
-        rows: Bytes,
-        msg_id: Option<&str>,
-    ) -> Result<Pending, ClusterError> {
-        // Acquire pairs with the Release stores of the connection events.
-        if !self.connected.load(Ordering::Acquire) {
-            return Err(ClusterError::Disconnected);
-        }
-        let msg_id = match msg_id {
-            Some(m) if m.len() <= MAX_MSG_ID_BYTES => m.to_string(),
-            Some(m) => hashed_id(m.as_bytes()),
-            None => format!(
-                "{}-{:016x}{:016x}",
-                self.node,
-                fastrand::u64(..),
-                fastrand::u64(..)
-            ),
-        };
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Request {
-                subject: subject(&self.stream, topic),
-                rows,
-                msg_id,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ClusterError::Busy,
-                mpsc::error::TrySendError::Closed(_) => ClusterError::Stopped,
-            })?;
-        Ok(Pending(rx))
-    }
-
     /// The node has rebuilt its state from the stream.
     pub fn is_ready(&self) -> bool {
         // Acquire pairs with the Release in `set_ready`: whoever sees ready
@@ -252,36 +178,6 @@ impl Link {
             self.applied()
         )
     }
-}
-
-/// A stable `Nats-Msg-Id` for an update from an upstream source: the
-/// source's name and the origin's event id when it has one, else a hash of
-/// the topic and rows (then two equal updates of one source within the
-/// duplicate window count as one).
-pub fn msg_id(source: &str, origin_id: Option<&str>, topic: &str, rows: &[u8]) -> String {
-    match origin_id {
-        Some(id) => {
-            let m = format!("{source}:{id}");
-            if m.len() <= MAX_MSG_ID_BYTES {
-                m
-            } else {
-                hashed_id(m.as_bytes())
-            }
-        }
-        None => {
-            let mut h = sha2::Sha256::new();
-            h.update(source.as_bytes());
-            h.update([0]);
-            h.update(topic.as_bytes());
-            h.update([0]);
-            h.update(rows);
-            format!("{source}:h:{}", hex::encode(&h.finalize()[..16]))
-        }
-    }
-}
-
-fn hashed_id(b: &[u8]) -> String {
-    format!("h:{}", hex::encode(&sha2::Sha256::digest(b)[..16]))
 }
 
 /// The subject of `topic`'s updates: `<stream>.t.` and the topic with its
@@ -345,326 +241,6 @@ fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Progress> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn run(link: Arc<Link>, hub: Arc<Hub>, cfg: ClusterSettings, rx: mpsc::Receiver<Request>) {
-    let events = link.clone();
-    let opts = async_nats::ConnectOptions::new()
-        .name(format!("sluice {}", cfg.node))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(|n| {
-            Duration::from_millis(100)
-                .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
-                .min(MAX_RECONNECT_DELAY)
-        })
-        .event_callback(move |ev| {
-            let link = events.clone();
-            async move {
-                match ev {
-                    async_nats::Event::Connected => {
-                        link.connected.store(true, Ordering::Release);
-                        metrics::gauge!("sluice_cluster_connected").set(1.0);
-                        tracing::info!(node = %link.node, "connected to NATS");
-                    }
-                    async_nats::Event::Disconnected => {
-                        link.connected.store(false, Ordering::Release);
-                        metrics::gauge!("sluice_cluster_connected").set(0.0);
-                        tracing::warn!(
-                            "lost NATS: open streams go on, publishes get 503 until it is back"
-                        );
-                    }
-                    async_nats::Event::Closed => {
-                        link.connected.store(false, Ordering::Release);
-                    }
-                    other => tracing::debug!(event = %other, "NATS"),
-                }
-            }
-        });
-    let client = loop {
-        match opts.clone().connect(cfg.nats_url.as_str()).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, url = %cfg.nats_url, "cannot connect to NATS");
-                tokio::time::sleep(RETRY).await;
-            }
-        }
-    };
-    let js = jetstream::ContextBuilder::new()
-        .timeout(ACK_TIMEOUT)
-        .build(client.clone());
-
-    let stream = open_stream(&js, &cfg).await;
-    let info = stream.cached_info().clone();
-    let base = stream_base(&info);
-    tracing::info!(
-        stream = %cfg.stream,
-        first = info.state.first_sequence,
-        last = info.state.last_sequence,
-        "cluster stream open"
-    );
-
-    // Start-up: the newest snapshot, then the stream after it.
-    let mut applied = 0;
-    if cfg.snapshot_s > 0 {
-        applied = snapshot::restore(&js, &cfg, &hub, base).await;
-    }
-    let target = info.state.last_sequence;
-    if applied > 0 && info.state.first_sequence > applied + 1 {
-        tracing::error!(
-            snapshot = applied,
-            first = info.state.first_sequence,
-            "the stream no longer holds the updates after the newest snapshot \
-             (its limits removed them): state tables miss them"
-        );
-    } else if applied == 0 && info.state.first_sequence > 1 {
-        tracing::warn!(
-            first = info.state.first_sequence,
-            "the stream's limits removed its first updates: state tables hold what remains"
-        );
-    }
-    let progress: Shared = Arc::new(Mutex::new(Progress {
-        applied,
-        ..Progress::default()
-    }));
-    link.applied.store(applied, Ordering::Relaxed);
-    if info.state.messages == 0 || target <= applied {
-        link.set_ready();
-    }
-
-    tokio::spawn(publish_loop(
-        js.clone(),
-        client.clone(),
-        base,
-        progress.clone(),
-        link.node.clone(),
-        rx,
-    ));
-    if cfg.snapshot_s > 0 {
-        tokio::spawn(snapshot::keep(
-            js.clone(),
-            cfg.clone(),
-            hub.clone(),
-            base,
-            link.clone(),
-        ));
-    }
-    apply_loop(&link, &hub, &stream, &client, &cfg, base, target, &progress).await;
-}
-
-/// The stream, made if missing (retried until NATS and JetStream answer).
-async fn open_stream(js: &jetstream::Context, cfg: &ClusterSettings) -> stream::Stream {
-    let mut failures = 0u32;
-    loop {
-        let config = stream::Config {
-            name: cfg.stream.clone(),
-            subjects: vec![format!("{}.>", cfg.stream)],
-            storage: stream::StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        };
-        match js.get_or_create_stream(config).await {
-            Ok(s) => return s,
-            Err(e) => {
-                // once, then every 30th try: NATS may take a while to come up
-                if failures.is_multiple_of(30) {
-                    tracing::warn!(
-                        error = %e,
-                        stream = %cfg.stream,
-                        "cannot open the JetStream stream (is nats-server running with JetStream, -js?); retrying"
-                    );
-                }
-                failures = failures.saturating_add(1);
-                tokio::time::sleep(RETRY).await;
-            }
-        }
-    }
-}
-
-/// The stream's creation time in unix microseconds: ids are `base + seq`.
-fn stream_base(info: &stream::Info) -> u64 {
-    u64::try_from(info.created.unix_timestamp_nanos() / 1000).unwrap_or(0)
-}
-
-/// Appends queued publishes to the stream; each ack is awaited on a task of
-/// its own so that publishes pipeline.
-async fn publish_loop(
-    js: jetstream::Context,
-    client: async_nats::Client,
-    base: u64,
-    progress: Shared,
-    node: String,
-    mut rx: mpsc::Receiver<Request>,
-) {
-    while let Some(req) = rx.recv().await {
-        if client.connection_state() != async_nats::connection::State::Connected {
-            let _ = req.reply.send(Err(ClusterError::Disconnected));
-            continue;
-        }
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", req.msg_id.as_str());
-        headers.insert("Sluice-Node", node.as_str());
-        match js
-            .publish_with_headers(req.subject, headers, req.rows)
-            .await
-        {
-            Ok(ack) => {
-                let progress = progress.clone();
-                tokio::spawn(async move {
-                    let r = match ack.await {
-                        Ok(ack) => {
-                            if ack.duplicate {
-                                metrics::counter!("sluice_cluster_duplicates_total").increment(1);
-                            }
-                            wait_applied(&progress, ack.sequence).await;
-                            Ok(base.saturating_add(ack.sequence))
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "publish not acknowledged");
-                            Err(ClusterError::NotStored)
-                        }
-                    };
-                    let _ = req.reply.send(r);
-                });
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "publish not sent");
-                let _ = req.reply.send(Err(ClusterError::NotStored));
-            }
-        }
-    }
-}
-
-/// Returns once this node applied stream sequence `seq`, or after
-/// [`APPLY_WAIT`].
-async fn wait_applied(progress: &Shared, seq: u64) {
-    let rx = {
-        let mut p = lock(progress);
-        if p.applied >= seq {
-            return;
-        }
-        let (tx, rx) = oneshot::channel();
-        p.waiters.entry(seq).or_default().push(tx);
-        rx
-    };
-    let _ = tokio::time::timeout(APPLY_WAIT, rx).await;
-}
-
-/// Reads the stream in order from the first sequence not applied, for ever
-/// (an ordered consumer that ends is made again after the last sequence).
-#[allow(clippy::too_many_arguments)]
-async fn apply_loop(
-    link: &Link,
-    hub: &Hub,
-    stream: &stream::Stream,
-    client: &async_nats::Client,
-    cfg: &ClusterSettings,
-    base: u64,
-    target: u64,
-    progress: &Shared,
-) {
-    let mut applied = lock(progress).applied;
-    loop {
-        let config = push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            deliver_policy: if applied == 0 {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: applied + 1,
-                }
-            },
-            ..Default::default()
-        };
-        let consumer = match stream.create_consumer(config).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot make the ordered consumer; retrying");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the ordered consumer; retrying");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        while let Some(m) = messages.next().await {
-            let m = match m {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(error = %e, "ordered consumer");
-                    continue;
-                }
-            };
-            let (seq, pending) = match m.info() {
-                Ok(i) => (i.stream_sequence, i.pending),
-                Err(_) => continue,
-            };
-            if seq <= applied {
-                continue;
-            }
-            apply(hub, &cfg.stream, m.subject.as_str(), &m.payload, base + seq);
-            applied = seq;
-            // Relaxed: a gauge; readiness has its own ordering.
-            link.applied.store(seq, Ordering::Relaxed);
-            metrics::gauge!("sluice_cluster_applied_seq").set(seq as f64);
-            let woken = {
-                let mut p = lock(progress);
-                p.applied = seq;
-                let later = p.waiters.split_off(&(seq + 1));
-                std::mem::replace(&mut p.waiters, later)
-            };
-            for tx in woken.into_values().flatten() {
-                let _ = tx.send(());
-            }
-            if !link.is_ready() && (seq >= target || pending == 0) {
-                tracing::info!(applied = seq, "cluster state rebuilt from the stream");
-                link.set_ready();
-            }
-        }
-        tracing::warn!(
-            after = applied,
-            "the stream's ordered consumer ended; making it again"
-        );
-    }
-}
-
-/// Applies one message of the log to the hub with id `id`.
-fn apply(hub: &Hub, stream: &str, subject: &str, payload: &[u8], id: u64) {
-    let Some(name) = topic_of(stream, subject) else {
-        metrics::counter!("sluice_cluster_skipped_total").increment(1);
-        tracing::warn!(
-            subject,
-            "cluster message on a subject that names no topic; skipped"
-        );
-        return;
-    };
-    let topic = match hub.topic(&name) {
-        Ok(t) => t,
-        Err(e) => {
-            metrics::counter!("sluice_cluster_skipped_total").increment(1);
-            tracing::warn!(topic = %name, error = ?e, "cluster update this node's [[topics]] cannot take; skipped");
-            return;
-        }
-    };
-    let mut body = payload.to_vec();
-    match parse_rows(&mut body, false, &topic.key_fields, &topic.fields) {
-        Ok(rows) => match hub.publish_with_id(&topic, rows, id) {
-            Ok(_) => metrics::counter!("sluice_cluster_applied_total").increment(1),
-            Err(e) => {
-                metrics::counter!("sluice_cluster_skipped_total").increment(1);
-                tracing::error!(topic = %name, error = %e, "cluster update not applied");
-            }
-        },
-        Err(e) => {
-            metrics::counter!("sluice_cluster_skipped_total").increment(1);
-            tracing::warn!(topic = %name, error = %e, "cluster update this node's [[topics]] cannot take; skipped");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,28 +258,5 @@ mod tests {
         }
         assert_eq!(topic_of("S", "T.t.a"), None);
         assert_eq!(topic_of("S", "S.x.a"), None);
-    }
-
-    #[test]
-    fn a_pending_publish_can_be_waited_for_from_another_thread() {
-        let (tx, rx) = oneshot::channel();
-        let t = std::thread::spawn(move || Pending(rx).wait_blocking());
-        tx.send(Ok(7)).unwrap();
-        assert_eq!(t.join().unwrap(), Ok(7));
-        let (tx, rx) = oneshot::channel::<Result<u64, ClusterError>>();
-        drop(tx);
-        assert_eq!(Pending(rx).wait_blocking(), Err(ClusterError::Stopped));
-    }
-
-    #[test]
-    fn message_ids_are_stable_and_bounded() {
-        let a = msg_id("origin", Some("42"), "t", b"[]");
-        assert_eq!(a, "origin:42");
-        assert_eq!(a, msg_id("origin", Some("42"), "u", b"[{}]"));
-        let h = msg_id("origin", None, "t", b"[{\"a\":1}]");
-        assert_eq!(h, msg_id("origin", None, "t", b"[{\"a\":1}]"));
-        assert_ne!(h, msg_id("origin", None, "t2", b"[{\"a\":1}]"));
-        let long = "x".repeat(500);
-        assert!(msg_id("origin", Some(&long), "t", b"[]").len() <= MAX_MSG_ID_BYTES);
     }
 }
