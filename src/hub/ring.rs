@@ -6,8 +6,21 @@
 //! `Last-Event-ID`.
 //!
 //! Hot module. This is the safe version (tokio's broadcast shape: a lock per
-//! slot, taken uncontended by one worker per frame, never per connection); it
-//! is the baseline any lock-free replacement must beat in `benches/hot.rs`.
+//! slot, taken uncontended by one worker per frame, never per connection),
+//! and it stays. `benches/ring.rs` measures it under real threads against two
+//! lock-free-for-readers candidates (figures in
+//! `bench-results/ring-2026-11-23.jsonl`, on a busy 2-core machine):
+//! arc-swap slots (`benches/support/lockfree_ring.rs`, the full API,
+//! stress-tested beside this ring in `tests/concurrency.rs`) read at about
+//! the same cost but push 2.5-3× slower (an allocation per frame, and the
+//! writer settles every reader thread's debts), and lost the one-reader
+//! threaded run; crossbeam-epoch slots were mixed (ahead with two readers,
+//! behind on a lone read and a push beside one reader, within the noise),
+//! need `unsafe`, and free a replaced frame only once the epoch moves on,
+//! which would make the byte bound below soft. An uncontended slot lock
+//! costs about what their read-side protection does (a read here is a lock,
+//! two reference counts and an unlock). A replacement must beat this ring
+//! there, on a quiet machine, first.
 //!
 //! Reads never allocate: a `Bytes` made from a `Vec` allocates its shared
 //! header on its first clone, so `push` takes that clone, on the writer.
