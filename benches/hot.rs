@@ -6,8 +6,10 @@
 //! * `filter/*`: the frame a filtered group sends for one 20-row update of
 //!   which half pass (`Topic::filtered_frame`: the rows' pre-encoded bytes
 //!   re-joined) versus parsing and re-serialising the rows with serde_json.
-//! * `ring/*`: one push plus a read by each of 4 worker cursors
-//!   (`hub::Ring`) versus a `Mutex<VecDeque>` broadcast log.
+//! * `ring/*`: one push plus a read by each of 4 worker cursors, on one
+//!   thread (`hub::Ring`) versus a `Mutex<VecDeque>` broadcast log
+//!   (`benches/ring.rs` times the ring under real threads against lock-free
+//!   candidates).
 //! * `coalesce/*`: 100 one-row updates over 10 keys followed by one tick of
 //!   a 1 s tier (dirty marking, then one frame of the 10 latest rows) versus
 //!   the same updates on the raw tier alone (one frame per update).

@@ -6,8 +6,24 @@
 //! `Last-Event-ID`.
 //!
 //! Hot module. This is the safe version (tokio's broadcast shape: a lock per
-//! slot, taken uncontended by one worker per frame, never per connection); it
-//! is the baseline any lock-free replacement must beat in `benches/hot.rs`.
+//! slot, taken uncontended by one worker per frame, never per connection),
+//! and it stays. `benches/ring.rs` measures it under real threads against two
+//! lock-free-for-readers candidates (figures in
+//! `bench-results/ring-2026-11-23.jsonl`, on a busy 2-core machine):
+//! arc-swap slots (`benches/support/lockfree_ring.rs`, the full API,
+//! stress-tested beside this ring in `tests/concurrency.rs`) read at about
+//! the same cost but push 2.5-3× slower (an allocation per frame, and the
+//! writer settles every reader thread's debts), and lost the one-reader
+//! threaded run; crossbeam-epoch slots were mixed (ahead with two readers,
+//! behind on a lone read and a push beside one reader, within the noise),
+//! need `unsafe`, and free a replaced frame only once the epoch moves on,
+//! which would make the byte bound below soft. An uncontended slot lock
+//! costs about what their read-side protection does (a read here is a lock,
+//! two reference counts and an unlock). A replacement must beat this ring
+//! there, on a quiet machine, first.
+//!
+//! Reads never allocate: a `Bytes` made from a `Vec` allocates its shared
+//! header on its first clone, so `push` takes that clone, on the writer.
 //!
 //! Positions (`pos`) count frames pushed since the ring was made and are dense;
 //! sequence ids (`seq`) are the topic's public ids and may jump. A reader that
@@ -55,11 +71,16 @@ impl Entry {
         }
     }
 
-    /// What the entry keeps alive, at most.
-    fn cost(&self) -> usize {
-        self.frame.len()
-            + self.rows.len() * std::mem::size_of::<Row>()
-            + self.rows.iter().map(Row::heap_bytes).sum::<usize>()
+    /// What the entry keeps alive, at most: what [`Ring::bytes`] counts.
+    pub fn cost(&self) -> usize {
+        let rows = self
+            .rows
+            .iter()
+            .fold(0usize, |n, r| n.saturating_add(r.heap_bytes()));
+        self.frame
+            .len()
+            .saturating_add(self.rows.len().saturating_mul(std::mem::size_of::<Row>()))
+            .saturating_add(rows)
     }
 }
 
@@ -165,21 +186,24 @@ impl Ring {
         let mut bytes = self.bytes.load(Ordering::Relaxed);
         self.slots.get_or_init(|| self.make_slots());
         let cost = entry.cost();
+        // The first clone of a `Bytes` made from a `Vec` allocates its shared
+        // header: take it here, so that no reader's clone allocates.
+        drop(entry.frame.clone());
         {
             let mut slot = self.lock(pos);
             if slot.pos != u64::MAX {
                 // the live frame a lap behind goes
-                bytes -= slot.cost;
+                bytes = bytes.saturating_sub(slot.cost);
                 head = head.max(slot.pos + 1);
             }
             slot.pos = pos;
             slot.entry = entry;
             slot.cost = cost;
         }
-        bytes += cost;
+        bytes = bytes.saturating_add(cost);
         while bytes > self.max_bytes && head < pos {
             let mut slot = self.lock(head);
-            bytes -= slot.cost;
+            bytes = bytes.saturating_sub(slot.cost);
             slot.pos = u64::MAX;
             slot.entry = Entry::empty();
             slot.cost = 0;
