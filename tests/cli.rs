@@ -20,10 +20,6 @@ fn check(path: &std::path::Path) -> (i32, String, String) {
     )
 }
 
-fn repo(p: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
 #[test]
 fn shipped_configs_are_valid() {
     for f in [
@@ -245,17 +241,7 @@ fn systemd_unit_verifies() {
         panic!("systemd-analyze is needed for this test (.ci/run installs systemd)");
     };
     assert!(out.status.success());
-    let unit = std::fs::read_to_string(repo("systemd/sluice.service"))
-        .unwrap()
-        .replace("/usr/local/bin/sluice", BIN)
-        .replace(
-            "/etc/sluice/sluice.toml",
-            repo("config/sluice.toml").to_str().unwrap(),
-        );
-    let dir = temp_path("unit");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sluice.service");
-    std::fs::write(&path, unit).unwrap();
+    let (dir, path) = unit_copy();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)

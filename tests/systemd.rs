@@ -232,27 +232,6 @@ fn a_stuck_worker_stops_the_watchdog_and_fails_healthz() {
     drop(stuck);
 }
 
-fn repo(p: &str) -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-/// The unit with this build's binary and the repo's config, in a fresh
-/// directory: (directory, unit path).
-fn unit_copy() -> (PathBuf, PathBuf) {
-    let unit = std::fs::read_to_string(repo("systemd/sluice.service"))
-        .unwrap()
-        .replace("/usr/local/bin/sluice", BIN)
-        .replace(
-            "/etc/sluice/sluice.toml",
-            repo("config/sluice.toml").to_str().unwrap(),
-        );
-    let dir = temp_path("unit");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sluice.service");
-    std::fs::write(&path, unit).unwrap();
-    (dir, path)
-}
-
 fn systemd_analyze() {
     let ok = std::process::Command::new("systemd-analyze")
         .arg("--version")

@@ -78,6 +78,28 @@ pub struct Server {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// A path in the repository.
+pub fn repo(p: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// The shipped systemd unit with this build's binary and the repo's config,
+/// in a fresh directory: (directory, unit path).
+pub fn unit_copy() -> (PathBuf, PathBuf) {
+    let unit = std::fs::read_to_string(repo("systemd/sluice.service"))
+        .unwrap()
+        .replace("/usr/local/bin/sluice", BIN)
+        .replace(
+            "/etc/sluice/sluice.toml",
+            repo("config/sluice.toml").to_str().unwrap(),
+        );
+    let dir = temp_path("unit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.service");
+    std::fs::write(&path, unit).unwrap();
+    (dir, path)
+}
+
 pub fn temp_path(name: &str) -> PathBuf {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("sluice-test-{}-{n}-{name}", std::process::id()))
