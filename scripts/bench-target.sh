@@ -7,3 +7,7 @@ SUB_URL='http://127.0.0.1:8100/v1/sse/test'
 PUB_URL='http://127.0.0.1:8100/v1/publish/test'
 PUB_HEADERS='X-API-Key: bench-pub'
 PUB_TEMPLATE='{{json}}'
+# multi-topic scenarios (topics-100, topics-1k): bench.toml's `pattern = "*"`
+# admits any topic name
+SUB_URL_TOPIC='http://127.0.0.1:8100/v1/sse/{topic}'
+PUB_URL_TOPIC='http://127.0.0.1:8100/v1/publish/{topic}'
