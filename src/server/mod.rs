@@ -238,7 +238,12 @@ fn run_worker(
 ) {
     let drained = DrainedOnDrop(hub.clone());
     match Runtime::new(driver) {
-        Ok(mut rt) => rt.block_on(worker_main(id, hub, published, listener, events, drained)),
+        Ok(mut rt) => {
+            let io_uring = rt.is_io_uring();
+            rt.block_on(worker_main(
+                id, hub, published, listener, events, drained, io_uring,
+            ))
+        }
         Err(e) => tracing::error!(error = %e, "cannot start worker {id}"),
     }
 }
@@ -250,6 +255,7 @@ async fn worker_main(
     listener: std::net::TcpListener,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
     drained: DrainedOnDrop,
+    io_uring: bool,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -258,7 +264,15 @@ async fn worker_main(
             return;
         }
     };
-    let w = Rc::new(Worker::new(id, hub));
+    // On io_uring the worker submits its streams' sends itself
+    // (`SLUICE_SEND_RING=0`: its stream tasks write, as on epoll; for
+    // comparing the two in one build).
+    let send_ring = io_uring && std::env::var("SLUICE_SEND_RING").map_or(true, |v| v != "0");
+    let w = Rc::new(if send_ring {
+        Worker::with_send_ring(id, hub)
+    } else {
+        Worker::new(id, hub)
+    });
     // The configuration at start; a reload published meanwhile is applied
     // by the reload task as soon as it runs (its wake-up is waiting).
     let (_, config) = published.latest();
@@ -266,6 +280,9 @@ async fn worker_main(
     monoio::spawn(worker::fanout::fanout_loop(w.clone()));
     monoio::spawn(worker::wheel::tick_loop(w.clone()));
     monoio::spawn(worker::permits::reap_loop(w.clone()));
+    if w.has_send_ring() {
+        monoio::spawn(worker::sender::send_loop(w.clone()));
+    }
     monoio::spawn(reload::worker_task(ctxs.clone(), published));
     monoio::spawn(listener::accept_loop(ctxs, listener));
     w.hub.beat(id, crate::time::mono_ms());

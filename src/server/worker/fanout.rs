@@ -267,6 +267,9 @@ impl Worker {
         if m.state.get() == SubState::Open {
             m.close_with(frame, now, reason);
             self.put(m.clone(), m.close_deadline.get());
+            if let Some(s) = &self.sender {
+                s.ready(m);
+            }
         }
     }
 
