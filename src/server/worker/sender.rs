@@ -63,6 +63,10 @@ pub const SUBMIT_BATCH: usize = 64;
 /// tasks run (publishes, accepts, the wheel): at a few µs of kernel time per
 /// loopback send, about a millisecond.
 pub const TURN_SENDS: usize = 256;
+/// Ready streams a send turn takes at once; with more, it first lets the
+/// worker's monoio ring submit what it holds ([`send_loop`]). The write
+/// permits let 32 writes go ahead of a response.
+pub const GATE_ABOVE: usize = 32;
 /// Submission queue entries of a worker's send ring (one submit's sends, and
 /// a cancel).
 const SQ_ENTRIES: u32 = 128;
@@ -229,6 +233,10 @@ impl Sender {
         self.ready[usize::from(!sub.raw_tier)]
             .borrow_mut()
             .push_back(sub);
+    }
+
+    fn ready_len(&self) -> usize {
+        self.ready.iter().map(|q| q.borrow().len()).sum()
     }
 
     fn has_ready(&self) -> bool {
@@ -515,13 +523,15 @@ impl Worker {
     }
 }
 
-/// Submits the ready streams' sends, a turn at a time. Each turn waits for
-/// the worker's own ring to submit first: the I/O the same loop turn queued
-/// there (a publish's response, reads, accepts) goes to the kernel before
-/// the fan-out's sends, as it did when stream tasks wrote, rather than a
-/// whole fan-out later. The wait is a `POLLOUT` poll on an unbound datagram
-/// socket, which is always writable: it completes in the submit that carries
-/// it, behind everything queued before it.
+/// Submits the ready streams' sends, a turn at a time. A turn of more than
+/// [`GATE_ABOVE`] sends first waits for the worker's own ring to submit: the
+/// I/O the same loop turn queued there (a publish's response, reads,
+/// accepts) goes to the kernel before the fan-out's sends, as it did when
+/// stream tasks wrote 32 at a time, rather than a whole fan-out later. The
+/// wait is a `POLLOUT` poll on an unbound datagram socket, which is always
+/// writable: it completes in the submit that carries it, behind everything
+/// queued before it. Smaller turns go at once (the wait would cost more
+/// than the sends delay anything).
 pub async fn send_loop(w: Rc<Worker>) {
     let Some(s) = w.sender.as_ref() else { return };
     let gate = match monoio::net::unix::UnixDatagram::unbound() {
@@ -541,15 +551,19 @@ pub async fn send_loop(w: Rc<Worker>) {
             }
         })
         .await;
+        let mut first = true;
         loop {
-            match &gate {
-                Some(g) => {
-                    if g.writable(true).await.is_err() {
-                        yield_now().await;
+            if !first || s.ready_len() > GATE_ABOVE {
+                match &gate {
+                    Some(g) => {
+                        if g.writable(true).await.is_err() {
+                            yield_now().await;
+                        }
                     }
+                    None => yield_now().await,
                 }
-                None => yield_now().await,
             }
+            first = false;
             if !s.flush(&w) {
                 break;
             }
