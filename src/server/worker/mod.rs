@@ -124,6 +124,8 @@ pub struct Worker {
     pub meter: Option<meter::WorkerMeter>,
     /// The send ring (io_uring driver; `None`: each stream's task writes).
     sender: Option<sender::Sender>,
+    /// Topics (group keys) whose streams ended since the last sweep.
+    ended_in: RefCell<Vec<usize>>,
 }
 
 impl Worker {
@@ -163,6 +165,7 @@ impl Worker {
             batches: RefCell::new(Vec::new()),
             meter: crate::metering::sender().map(|tx| meter::WorkerMeter::new(id, tx)),
             sender: None,
+            ended_in: RefCell::new(Vec::new()),
         }
     }
 

@@ -152,8 +152,8 @@ impl Sender {
     }
 
     /// A stream starts (its task is about to be spawned): its socket is `fd`
-    /// from now until [`Sender::detach`]. Registers it as a fixed file if a slot is free,
-    /// and sends what the stream has queued.
+    /// from now until [`Sender::detach`]. Registers it as a fixed file if a
+    /// slot is free, and sends what the stream has queued.
     pub(super) fn attach(&self, sub: &Rc<Subscriber>, fd: RawFd) {
         sub.fd.set(fd);
         if let Some(slot) = self.take_slot() {
@@ -192,8 +192,12 @@ impl Sender {
         let mut ring = self.ring.borrow_mut();
         // A send in flight holds its own reference to the file, so the slot
         // can be cleared (and reused) at once.
-        if slot != NO_SLOT && ring.submitter().register_files_update(slot, &[-1]).is_ok() {
-            self.free_slots.borrow_mut().push(slot);
+        if slot != NO_SLOT {
+            match ring.submitter().register_files_update(slot, &[-1]) {
+                Ok(_) => self.free_slots.borrow_mut().push(slot),
+                // The slot (and the socket it holds open) stays taken.
+                Err(e) => tracing::warn!(error = %e, slot, "cannot release a fixed file"),
+            }
         }
         let op = sub.op.get();
         if op == 0 {

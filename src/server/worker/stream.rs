@@ -240,6 +240,7 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
         None => w.release_write(sub),
     }
     sub.set_closed();
+    w.stream_ended(slot.topic());
     access::stream_closed(w, sub, &slot);
     if let Some(m) = &w.meter {
         m.stream_ended(sub);
