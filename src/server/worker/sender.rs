@@ -101,6 +101,8 @@ pub struct Sender {
     in_flight: Cell<usize>,
     /// The send task's waker while it waits for a ready stream.
     waker: Cell<Option<Waker>>,
+    /// A submit failed other than transiently (logged once).
+    warned: Cell<bool>,
 }
 
 impl Sender {
@@ -143,6 +145,7 @@ impl Sender {
             picks: Cell::new(0),
             in_flight: Cell::new(0),
             waker: Cell::new(None),
+            warned: Cell::new(false),
         })
     }
 
@@ -302,7 +305,8 @@ impl Sender {
                 if !matches!(
                     e.raw_os_error(),
                     Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                ) {
+                ) && !self.warned.replace(true)
+                {
                     tracing::warn!(error = %e, "io_uring submit of stream sends failed");
                 }
                 // The entries stay queued; the next flush submits them.
