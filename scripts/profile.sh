@@ -14,6 +14,8 @@
 #   TARGET=floor ...                  the harness's floor server instead
 #   RECORD=0 ...                      counts, CPU and latency only (no perf
 #                                     record, whose sampling costs CPU)
+#   RECORD=0 STAT=0 ...               CPU and latency only (no tracepoints)
+#   PORT=8101 ...                     another port than the harness's 8100
 #   CALLGRAPH=dwarf ...               user-space call chains too (the release
 #                                     build has no frame pointers); then
 #                                     perf report --children -i DIR/perf.data
@@ -26,29 +28,38 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${BENCH_WORK:-/tmp/sluice-peerbench}"
 bin="$work/target/release"
 [ -x "$bin/ssebench" ] || { echo "run scripts/peer-bench.sh smoke first (builds the harness)" >&2; exit 1; }
-topics="${TOPICS:-1}" target="${TARGET:-sluice}" record="${RECORD:-1}"
+topics="${TOPICS:-1}" target="${TARGET:-sluice}" record="${RECORD:-1}" port="${PORT:-8100}"
 if [ "$target" = floor ]; then
-  cmd=("$work/floor/floor" --port 8100)
-  base='http://127.0.0.1:8100' sub_path='/sse/' pub_path='/publish/' dso=floor
+  cmd=("$work/floor/floor" --port "$port")
+  base="http://127.0.0.1:$port" sub_path='/sse/' pub_path='/publish/' dso=floor
 else
   if [ -z "${SLUICE_BIN:-}" ]; then
     (cd "$repo" && cargo build --release --locked)
     SLUICE_BIN="$repo/target/release/sluice"
   fi
-  cmd=("$SLUICE_BIN" serve --config "$repo/scripts/bench.toml")
-  base='http://127.0.0.1:8100/v1' sub_path='/sse/' pub_path='/publish/' dso="$(basename "$SLUICE_BIN")"
+  config="$(mktemp /tmp/sluice-profile-config-XXXXXX)"
+  sed "s/127.0.0.1:8100/127.0.0.1:$port/" "$repo/scripts/bench.toml" >"$config"
+  cmd=("$SLUICE_BIN" serve --config "$config")
+  base="http://127.0.0.1:$port/v1" sub_path='/sse/' pub_path='/publish/' dso="$(basename "$SLUICE_BIN")"
 fi
 if [ "$topics" -gt 1 ]; then
   sub_url="$base$sub_path{topic}" pub_url="$base$pub_path{topic}"
 else
   sub_url="${base}${sub_path}test" pub_url="${base}${pub_path}test"
 fi
+# The port must be free: a server already there would answer the load and
+# this one would fail to bind (the peer harness's driver checks the same).
+if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
+  echo "127.0.0.1:$port is in use (another benchmark?); not starting" >&2
+  exit 1
+fi
 out="$(mktemp -d /tmp/sluice-profile-XXXXXX)"
 ulimit -n "$(ulimit -Hn)"
 taskset -c 0 "${cmd[@]}" 2>"$out/server.log" &
 srv=$!
 trap 'kill $srv 2>/dev/null || true' EXIT
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/8100) 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+kill -0 "$srv" 2>/dev/null || { echo "the server did not start:" >&2; cat "$out/server.log" >&2; exit 1; }
 taskset -c 1 "$bin/ssebench" --url "$sub_url" --topics "$topics" --connections "$conns" --ramp 5000 \
   --duration $((secs + 60)) --progress 0 --ready-file "$out/ready.json" >"$out/ssebench.out" 2>"$out/ssebench.err" &
 sb=$!
@@ -61,7 +72,8 @@ if [ "$record" = 1 ]; then
   pp=$!
 fi
 # what the server does per delivery, over the same window
-perf stat -e 'raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,io_uring:io_uring_queue_async_work,io_uring:io_uring_task_add,sched:sched_wakeup,sched:sched_switch' \
+[ "${STAT:-1}" = 1 ] || stat_events='sched:sched_switch'
+perf stat -e "${stat_events:-raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,io_uring:io_uring_queue_async_work,io_uring:io_uring_task_add,sched:sched_wakeup,sched:sched_switch}" \
   -p "$srv" -o "$out/stat.txt" -- sleep "$secs" >/dev/null 2>&1 &
 ps=$!
 t0=$(awk '{print $14+$15}' "/proc/$srv/stat")

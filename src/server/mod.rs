@@ -242,22 +242,37 @@ fn run_worker(
 ) {
     let drained = DrainedOnDrop(hub.clone());
     match Runtime::new(driver) {
-        Ok(mut rt) => rt.block_on(worker_main(
-            id, hub, counts, published, listener, events, drained,
-        )),
+        Ok(mut rt) => {
+            // On io_uring the worker submits its streams' sends itself
+            // (`SLUICE_SEND_RING=0`: its stream tasks write, as on epoll;
+            // for comparing the two in one build).
+            let send_ring =
+                rt.is_io_uring() && std::env::var("SLUICE_SEND_RING").map_or(true, |v| v != "0");
+            let w = if send_ring {
+                Worker::with_send_ring(id, hub, counts)
+            } else {
+                Worker::new(id, hub, counts)
+            };
+            rt.block_on(worker_main(
+                Rc::new(w),
+                published,
+                listener,
+                events,
+                drained,
+            ))
+        }
         Err(e) => tracing::error!(error = %e, "cannot start worker {id}"),
     }
 }
 
 async fn worker_main(
-    id: usize,
-    hub: Arc<Hub>,
-    counts: Arc<limits::NodeCounts>,
+    w: Rc<Worker>,
     published: Arc<reload::Published>,
     listener: std::net::TcpListener,
     events: &std::sync::mpsc::Sender<WorkerEvent>,
     drained: DrainedOnDrop,
 ) {
+    let id = w.id;
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -265,7 +280,6 @@ async fn worker_main(
             return;
         }
     };
-    let w = Rc::new(Worker::new(id, hub, counts));
     // The configuration at start; a reload published meanwhile is applied
     // by the reload task as soon as it runs (its wake-up is waiting).
     let (_, config) = published.latest();
@@ -273,6 +287,9 @@ async fn worker_main(
     monoio::spawn(worker::fanout::fanout_loop(w.clone()));
     monoio::spawn(worker::wheel::tick_loop(w.clone()));
     monoio::spawn(worker::permits::reap_loop(w.clone()));
+    if w.has_send_ring() {
+        monoio::spawn(worker::sender::send_loop(w.clone()));
+    }
     monoio::spawn(reload::worker_task(ctxs.clone(), published));
     monoio::spawn(listener::accept_loop(ctxs, listener));
     w.hub.beat(id, crate::time::mono_ms());

@@ -267,13 +267,42 @@ impl Worker {
         if m.state.get() == SubState::Open {
             m.close_with(frame, now, reason);
             self.put(m.clone(), m.close_deadline.get());
+            if let Some(s) = &self.sender {
+                s.ready(m);
+            }
         }
     }
 
-    /// Drops closed members of idle groups, and groups left empty.
-    pub(super) fn sweep_groups(&self) {
-        let id = self.id;
-        self.groups.borrow_mut().retain(|_, tg| !tg.sweep(id));
+    /// A stream of `topic` ended: the next sweep looks at its groups.
+    pub(super) fn stream_ended(&self, topic: &Arc<Topic>) {
+        self.ended_in.borrow_mut().push(topic_key(topic));
+    }
+
+    /// Drops the closed members of the topics whose streams ended since the
+    /// last sweep, and groups left empty (with the worker's interest in
+    /// them, so the hub stops waking it for them). Topics whose streams all
+    /// go on cost nothing: the fan-out drops a member that closes
+    /// meanwhile. Returns the topics looked at.
+    pub(super) fn sweep_groups(&self) -> usize {
+        let mut ended = self.ended_in.take();
+        ended.sort_unstable();
+        ended.dedup();
+        let mut groups = self.groups.borrow_mut();
+        for key in &ended {
+            if let Some(tg) = groups.get_mut(key)
+                && tg.sweep(self.id)
+            {
+                groups.remove(key);
+            }
+        }
+        let looked = ended.len();
+        ended.clear();
+        // Keep the list's capacity for the next second's ends.
+        let mut slot = self.ended_in.borrow_mut();
+        if slot.is_empty() {
+            *slot = ended;
+        }
+        looked
     }
 }
 

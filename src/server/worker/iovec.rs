@@ -1,12 +1,14 @@
 //! The vectored write batch of one connection: queued frames handed to the
-//! kernel in one `writev` (io_uring `IORING_OP_WRITEV`, or `writev(2)` on the
-//! epoll driver), without copying them into a per-connection buffer.
+//! kernel in one write without copying them into a per-connection buffer:
+//! an io_uring `IORING_OP_SEND` (one frame) or `IORING_OP_SENDMSG` (several)
+//! that the worker submits itself ([`super::sender`]), or, on the epoll
+//! driver, a `writev(2)` of the stream's task.
 //!
-//! Hot module; one of the two places with `unsafe` (the `IoVecBuf` contract
-//! of monoio). The batch owns an `Rc` of every frame it points into, and
-//! batches are pooled per worker (`Worker::take_batch`): only connections
-//! with a write in flight hold one, and a write allocates nothing once the
-//! pool is warm.
+//! Hot module; one of the places with `unsafe` (the `IoVecBuf` contract of
+//! monoio; the `msghdr` a `SENDMSG` reads). The batch owns an `Rc` of every
+//! frame it points into, and batches are pooled per worker
+//! (`Worker::take_batch`): only connections with a write in flight hold
+//! one, and a write allocates nothing once the pool is warm.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -23,6 +25,13 @@ pub const MAX_IOVECS: usize = 64;
 pub struct FrameBatch {
     frames: Vec<Frame>,
     iovecs: Vec<libc::iovec>,
+    /// What a `SENDMSG` of the batch reads ([`FrameBatch::msghdr`]): it
+    /// points at `iovecs`, and the batch is boxed, so it stays put while the
+    /// kernel holds it.
+    msg: libc::msghdr,
+    /// A write of this batch went short (its socket was full): counted once
+    /// as a stalled write.
+    pub(super) stalled: bool,
 }
 
 impl Default for FrameBatch {
@@ -32,10 +41,15 @@ impl Default for FrameBatch {
 }
 
 impl FrameBatch {
-    pub const fn new() -> FrameBatch {
+    pub fn new() -> FrameBatch {
         FrameBatch {
             frames: Vec::new(),
             iovecs: Vec::new(),
+            // SAFETY: `msghdr` is plain data (pointers and integers), for
+            // which all zeroes is a valid value: no name, no iovecs, no
+            // control data.
+            msg: unsafe { std::mem::zeroed() },
+            stalled: false,
         }
     }
 
@@ -43,10 +57,43 @@ impl FrameBatch {
         self.iovecs.is_empty()
     }
 
+    /// Frames (whole or partly written) still in the batch.
+    pub fn len(&self) -> usize {
+        self.iovecs.len()
+    }
+
+    /// The bytes of the first frame still to write: what a `SEND` of a
+    /// one-frame batch hands to the kernel. Valid while the batch is not
+    /// changed (the frame is held by the batch).
+    pub fn first(&self) -> Option<(*const u8, usize)> {
+        self.iovecs
+            .first()
+            .map(|v| (v.iov_base as *const u8, v.iov_len))
+    }
+
+    /// The `msghdr` of a `SENDMSG` of the whole batch. Valid while the batch
+    /// is neither changed nor dropped (it points into the batch's own heap
+    /// buffers, which do not move when the box does).
+    pub fn msghdr(&mut self) -> *const libc::msghdr {
+        self.msg.msg_iov = self.iovecs.as_mut_ptr();
+        // `msg_iovlen`'s type differs between libcs (usize or c_int); at most
+        // MAX_IOVECS, so the cast never truncates.
+        self.msg.msg_iovlen = self.iovecs.len() as _;
+        &self.msg
+    }
+
+    /// Drops whatever the batch still holds (a write abandoned).
+    pub fn clear(&mut self) {
+        self.iovecs.clear();
+        self.frames.clear();
+        self.stalled = false;
+    }
+
     /// Moves up to `MAX_IOVECS` frames from the front of `queue` into the
     /// batch; returns the bytes taken.
     pub fn fill(&mut self, queue: &mut VecDeque<Frame>) -> usize {
         debug_assert!(self.is_empty());
+        self.stalled = false;
         let mut bytes = 0;
         while self.frames.len() < MAX_IOVECS {
             let Some(frame) = queue.pop_front() else {

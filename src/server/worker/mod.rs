@@ -8,7 +8,10 @@
 //! each filter group its frame (the shared one, or one re-joined from the
 //! rows' bytes for the whole group, or none when no row passes) and queues
 //! the same [`Frame`] (an `Rc`, one per group per frame) on every member: no
-//! allocation, no lock, no syscall per connection per event. Heartbeats, max-duration and
+//! allocation, no lock, no syscall per connection per event. On the io_uring
+//! driver the worker then submits the members' sends itself, many per
+//! `io_uring_enter`, on fixed files ([`sender`]); on the epoll driver each
+//! stream's task writes, with a write permit ([`permits`]). Heartbeats, max-duration and
 //! closing grace run off a timer wheel ticked every `TICK_MS`; connections are
 //! bucketed by their next deadline, never scanned.
 //!
@@ -25,6 +28,7 @@ pub mod fanout;
 pub mod iovec;
 pub mod meter;
 pub mod permits;
+pub mod sender;
 pub mod stream;
 pub mod subscriber;
 #[cfg(test)]
@@ -121,6 +125,10 @@ pub struct Worker {
     batches: RefCell<Vec<Box<FrameBatch>>>,
     /// Usage metering (`None`: off).
     pub meter: Option<meter::WorkerMeter>,
+    /// The send ring (io_uring driver; `None`: each stream's task writes).
+    sender: Option<sender::Sender>,
+    /// Topics (group keys) whose streams ended since the last sweep.
+    ended_in: RefCell<Vec<usize>>,
 }
 
 impl Worker {
@@ -160,11 +168,44 @@ impl Worker {
             reaper_waker: Cell::new(None),
             batches: RefCell::new(Vec::new()),
             meter: crate::metering::sender().map(|tx| meter::WorkerMeter::new(id, tx)),
+            sender: None,
+            ended_in: RefCell::new(Vec::new()),
         }
     }
 
+    /// A worker whose fan-out submits its streams' sends itself
+    /// ([`sender`]); on a kernel without what that needs, one whose stream
+    /// tasks write (logged once).
+    pub fn with_send_ring(id: usize, hub: Arc<Hub>, counts: Arc<NodeCounts>) -> Worker {
+        let mut w = Worker::new(id, hub, counts);
+        let max_streams = u32::try_from(w.hub.settings().max_connections).unwrap_or(u32::MAX);
+        match sender::Sender::new(max_streams) {
+            Ok(s) => {
+                if id == 0 {
+                    tracing::info!(
+                        fixed_files = s.fixed_files(),
+                        "stream sends on the workers' own io_uring"
+                    );
+                }
+                w.sender = Some(s);
+            }
+            Err(e) => {
+                if id == 0 {
+                    tracing::warn!(error = %e, "no send ring; stream tasks write");
+                }
+            }
+        }
+        w
+    }
+
+    /// Whether the worker submits its streams' sends itself.
+    pub fn has_send_ring(&self) -> bool {
+        self.sender.is_some()
+    }
+
     /// An empty write batch from the pool (allocated only while the pool is
-    /// cold: there are never more than `WRITE_PERMITS` in use).
+    /// cold: only writes in flight, at most `WRITE_PERMITS` or one send
+    /// ring submit, and stalled ones hold one).
     pub fn take_batch(&self) -> Box<FrameBatch> {
         self.batches.borrow_mut().pop().unwrap_or_default()
     }

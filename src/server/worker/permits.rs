@@ -5,6 +5,10 @@
 //! wait gives its permit back and goes on without one. A write in flight
 //! for `slow_consumer_s` closes its stream as a slow consumer.
 //!
+//! Only where stream tasks write (the epoll driver, or `SLUICE_SEND_RING=0`):
+//! on io_uring the worker's send ring submits the writes itself, a bounded
+//! number per turn, and needs no permits ([`super::sender`]).
+//!
 //! Hot: a permit is taken and given back once per write (a batch of
 //! frames), with no allocation once the queues have grown.
 
@@ -97,6 +101,10 @@ impl Worker {
     /// woken once, when a permit comes). A busy connection looks at its
     /// queue when its write ends and needs nothing.
     pub(super) fn nudge(&self, sub: &Rc<Subscriber>) {
+        if let Some(s) = &self.sender {
+            s.ready(sub);
+            return;
+        }
         if sub.busy.get() {
             return;
         }
@@ -105,6 +113,15 @@ impl Worker {
             sub.wake();
         } else {
             self.wait_for_permit(sub);
+        }
+    }
+    /// After a frame was queued on `sub` outside the fan-out (a heartbeat,
+    /// a closing frame): the send ring takes it, or its task is woken (and
+    /// takes a permit itself).
+    pub(super) fn kick(&self, sub: &Rc<Subscriber>) {
+        match &self.sender {
+            Some(s) => s.ready(sub),
+            None => sub.wake(),
         }
     }
     /// Ends `sub`'s write: its permit goes to the first live waiter, raw

@@ -1,6 +1,9 @@
 //! One SSE stream from its admission to its close: queue the response head,
 //! `connected` and the replay or initial state, join the fan-out, then write
 //! whatever the fan-out queues, in vectored batches, until the stream ends.
+//! On the io_uring driver the worker's send ring does the writing
+//! ([`super::sender`]) and the task only watches for the end; on the epoll
+//! driver the task writes, with a write permit.
 //!
 //! Hot: the write loop runs per wake-up and allocates nothing (pooled
 //! batches, shared frames). It imports no config, credentials or API code:
@@ -10,6 +13,7 @@
 //! peer to close. Any error here closes this stream only.
 
 use std::future::{Future, poll_fn};
+use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -99,6 +103,11 @@ pub fn start(w: &Rc<Worker>, stream: TcpStream, conn: ConnSlot, s: StreamStart<'
     w.schedule(&sub);
     w.counters.stream_opened(s.tier);
     let slot = StreamSlot::new(w, &s.topic, conn, s.key);
+    if let Some(ring) = &w.sender {
+        // The send ring may write to it from now on; its task detaches it
+        // before the socket closes.
+        ring.attach(&sub, stream.as_raw_fd());
+    }
     // The stream lives on in a task of its own whose future is a third the
     // size of the request-handling one, which ends here with its buffers.
     monoio::spawn(run(slot, sub, stream));
@@ -134,12 +143,25 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
         let (rd, mut wr) = stream.into_split();
         let mut peer = pin!(watch_peer(rd));
         loop {
+            // Something to write (with the send ring: the rest of a short
+            // send it handed over; without: the queue, once a permit comes),
+            // or the end: the peer closed, or the stream is closing and
+            // flushed, or aborted.
             let more = poll_fn(|cx| {
                 if peer.as_mut().poll(cx).is_ready() {
                     sub.set_close_reason(CloseReason::ClientClosed);
                     return Poll::Ready(false);
                 }
-                if sub.has_queued() {
+                if w.sender.is_some() {
+                    match sub.state() {
+                        SubState::Abort | SubState::Closed => return Poll::Ready(false),
+                        _ if w.handed_over(sub) => return Poll::Ready(true),
+                        SubState::Closing if !sub.busy.get() && !sub.has_queued() => {
+                            return Poll::Ready(false);
+                        }
+                        _ => {}
+                    }
+                } else if sub.has_queued() {
                     if w.acquire_write(sub) {
                         return Poll::Ready(true);
                     }
@@ -153,8 +175,16 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
             if !more {
                 break;
             }
-            let mut batch = w.take_batch();
-            sub.take_into(&mut batch);
+            let mut batch = if w.sender.is_some() {
+                let Some(b) = sub.batch.borrow_mut().take() else {
+                    continue;
+                };
+                b
+            } else {
+                let mut b = w.take_batch();
+                sub.take_into(&mut b);
+                b
+            };
             while !batch.is_empty() {
                 let mut write = pin!(wr.writev(batch));
                 let done = poll_fn(|cx| {
@@ -194,12 +224,22 @@ pub(crate) async fn run(slot: StreamSlot, sub: Rc<Subscriber>, stream: TcpStream
                 }
             }
             w.return_batch(batch);
-            w.release_write(sub);
+            if w.sender.is_some() {
+                w.handed_back(sub);
+            } else {
+                w.release_write(sub);
+            }
         }
         let _ = wr.shutdown().await;
     }
-    w.release_write(sub);
+    match &w.sender {
+        // Its socket is closed by now, but no await came between: nothing
+        // was submitted for it since.
+        Some(s) => s.detach(w, sub),
+        None => w.release_write(sub),
+    }
     sub.set_closed();
+    w.stream_ended(slot.topic());
     access::stream_closed(w, sub, &slot);
     if let Some(m) = &w.meter {
         m.stream_ended(sub);

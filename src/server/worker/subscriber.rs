@@ -8,10 +8,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::task::Waker;
 
 use super::iovec::{Frame, FrameBatch};
 use super::meter::StreamMeter;
+use super::sender::NO_SLOT;
 use super::wheel::secs_to_ms;
 use super::{CLOSE_GRACE_S, NOT_WRITING};
 use crate::server::access::CloseReason;
@@ -62,8 +64,9 @@ pub struct Subscriber {
     pub(super) heartbeat_s: u32,
     /// Holds one of the worker's write permits.
     pub(super) permit: Cell<bool>,
-    /// Waiting in the worker's permit queue, or writing: the fan-out need
-    /// not wake it (it looks at its queue when the write ends).
+    /// Waiting in the worker's permit queue (or the send ring's ready
+    /// queue), or writing: the fan-out need not wake it (it looks at its
+    /// queue when the write ends).
     pub(super) busy: Cell<bool>,
     /// The permit reaper's epoch when this stream took its permit.
     pub(super) permit_epoch: Cell<u32>,
@@ -85,6 +88,14 @@ pub struct Subscriber {
     /// Its usage record's identity and what was folded into its key's
     /// account so far (`None`: metering is off).
     pub(super) meter: Option<Box<StreamMeter>>,
+    /// Send ring only ([`super::sender`]): its socket while its task runs
+    /// (-1 before and after), its fixed-file slot (`NO_SLOT`: none), the
+    /// `user_data` of its operation in flight (0: none), and the batch that
+    /// operation sends (kept here until it completes).
+    pub(super) fd: Cell<RawFd>,
+    pub(super) slot: Cell<u32>,
+    pub(super) op: Cell<u64>,
+    pub(super) batch: RefCell<Option<Box<FrameBatch>>>,
 }
 
 impl Subscriber {
@@ -111,6 +122,10 @@ impl Subscriber {
             auth: Cell::new(StreamAuth::default()),
             sent_events: Cell::new(0),
             meter: None,
+            fd: Cell::new(-1),
+            slot: Cell::new(NO_SLOT),
+            op: Cell::new(0),
+            batch: RefCell::new(None),
         }
     }
 

@@ -558,3 +558,38 @@ fn a_stopping_worker_records_its_open_streams_with_what_their_writes_completed()
         _ => panic!("unexpected messages: {}", msgs.len()),
     }
 }
+
+#[test]
+fn the_sweep_looks_only_at_topics_whose_streams_ended() {
+    let (w, hub) = worker("");
+    let topics: Vec<_> = (0..50)
+        .map(|i| hub.topic(&format!("t{i}")).unwrap())
+        .collect();
+    let subs: Vec<_> = topics
+        .iter()
+        .map(|t| {
+            let s = Rc::new(Subscriber::new(0, 15, 0, true));
+            w.subscribe(t, 0, None, &s, None);
+            s
+        })
+        .collect();
+    // Nothing ended: a sweep costs nothing, whatever the topic count.
+    assert_eq!(w.sweep_groups(), 0);
+    assert_eq!(w.groups.borrow().len(), 50);
+    // One stream of t7 ends (twice reported: looked at once).
+    subs[7].set_closed();
+    w.stream_ended(&topics[7]);
+    w.stream_ended(&topics[7]);
+    assert_eq!(w.sweep_groups(), 1);
+    assert_eq!(w.groups.borrow().len(), 49);
+    // Its topic no longer wakes the worker; the others still do.
+    publish(&hub, &topics[7], 1);
+    publish(&hub, &topics[8], 1);
+    assert!(
+        hub.inbox(0)
+            .pop()
+            .is_some_and(|t| Arc::ptr_eq(&t, &topics[8]))
+    );
+    assert!(hub.inbox(0).pop().is_none());
+    assert_eq!(w.sweep_groups(), 0);
+}

@@ -85,6 +85,9 @@ impl Worker {
                 self.run_slot(t, now, stamp);
             }
         }
+        if let Some(s) = &self.sender {
+            s.reap(self);
+        }
         let second = now / 1000;
         if second != self.second.get() {
             self.second.set(second);
@@ -122,6 +125,7 @@ impl Worker {
                 SubState::Open => {
                     if now >= sub.deadline.get() {
                         sub.close_with(timeout.clone(), stamp, CloseReason::Timeout);
+                        self.kick(&sub);
                         let at = sub.close_deadline.get();
                         self.put(sub, at);
                         continue;
@@ -129,7 +133,7 @@ impl Worker {
                     if now.saturating_sub(sub.last_write.get()) >= secs_to_ms(sub.heartbeat_s) {
                         sub.push(heartbeat.clone());
                         sub.last_write.set(stamp);
-                        sub.wake();
+                        self.kick(&sub);
                     }
                     let at = sub.next_due();
                     self.put(sub, at);
