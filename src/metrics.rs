@@ -11,7 +11,7 @@
 //! from the config, status codes, close reasons, worker ids; never a topic,
 //! never a key's secret.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -167,16 +167,50 @@ pub fn refused(e: &crate::server::http::ApiError) {
     counter!("sluice_http_refused_total", "code" => e.code()).increment(1);
 }
 
+thread_local! {
+    /// This thread's handles of `sluice_http_responses_total`, by status (a
+    /// lookup in the registry hashes the key and allocates its label; a
+    /// publish answered 202 did that per request).
+    static RESPONSES: RefCell<Vec<(u16, Counter)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's handles of the publish counters, by source.
+    static PUBLISHED: RefCell<Vec<(Box<str>, [Counter; 2])>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Counts one HTTP response by status.
 pub fn http_response(status: u16) {
-    counter!("sluice_http_responses_total", "status" => status.to_string()).increment(1);
+    RESPONSES.with_borrow_mut(|cache| {
+        if let Some((_, c)) = cache.iter().find(|(s, _)| *s == status) {
+            c.increment(1);
+            return;
+        }
+        let c = counter!("sluice_http_responses_total", "status" => status.to_string());
+        c.increment(1);
+        cache.push((status, c));
+    });
 }
 
 /// Counts one accepted publish by its source (`http`, `demo`, or a
 /// configured source's name: a bounded set).
 pub fn published(source: &str, rows: usize) {
-    counter!("sluice_publish_updates_total", "source" => source.to_string()).increment(1);
-    counter!("sluice_publish_rows_total", "source" => source.to_string()).increment(rows as u64);
+    PUBLISHED.with_borrow_mut(|cache| {
+        let i = match cache.iter().position(|(s, _)| &**s == source) {
+            Some(i) => i,
+            None => {
+                let label = source.to_string();
+                cache.push((
+                    source.into(),
+                    [
+                        counter!("sluice_publish_updates_total", "source" => label.clone()),
+                        counter!("sluice_publish_rows_total", "source" => label),
+                    ],
+                ));
+                cache.len() - 1
+            }
+        };
+        let [updates, rows_total] = &cache[i].1;
+        updates.increment(1);
+        rows_total.increment(rows as u64);
+    });
 }
 
 /// Counts one configuration reload (the reload's own code calls it).
