@@ -42,7 +42,10 @@ pub fn update_frame<'a>(
     rows: impl Iterator<Item = &'a [u8]> + Clone,
 ) -> Bytes {
     let (count, len) = measure(rows.clone());
-    let mut out = BytesMut::with_capacity(96 + event.len() * 2 + topic.len() + len);
+    // The fixed text (75 bytes) and three numbers of up to 20 digits: the
+    // frame is written without growing.
+    let cap = 135 + event.len() * 2 + topic.len() + len;
+    let mut out = BytesMut::with_capacity(cap);
     out.put_slice(b"event: ");
     out.put_slice(event.as_bytes());
     out.put_slice(b"\nid: ");
@@ -50,6 +53,7 @@ pub fn update_frame<'a>(
     out.put_slice(b"\ndata: ");
     body(&mut out, event, topic, ts_ms, count, rows);
     out.put_slice(b"\n\n");
+    debug_assert!(out.len() <= cap, "{} > {cap}", out.len());
     out.freeze()
 }
 
@@ -266,6 +270,15 @@ mod tests {
             &f[..],
             b"event: odds_update\nid: 42\ndata: {\"type\":\"odds_update\",\"topic\":\"odds/nba\",\"count\":2,\"timestamp\":1700,\"data\":[{\"a\":1},{\"a\":2}]}\n\n"
         );
+    }
+
+    #[test]
+    fn update_frame_fits_its_first_allocation_at_the_largest_numbers() {
+        // `update_frame` asserts (debug builds) that it never grew.
+        let rows = [Bytes::from_static(b"{}")];
+        let f = update_frame("u", "t", u64::MAX, u64::MAX, rows.iter().map(|r| &r[..]));
+        assert!(f.ends_with(b"[{}]}\n\n"));
+        update_frame("u", "t", u64::MAX, u64::MAX, std::iter::empty());
     }
 
     #[test]
