@@ -76,10 +76,10 @@ fi
 perf stat -e "${stat_events:-raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,io_uring:io_uring_queue_async_work,io_uring:io_uring_task_add,sched:sched_wakeup,sched:sched_switch}" \
   -p "$srv" -o "$out/stat.txt" -- sleep "$secs" >/dev/null 2>&1 &
 ps=$!
-t0=$(awk '{print $14+$15}' "/proc/$srv/stat")
+t0=$(awk '{print $14","$15}' "/proc/$srv/stat")
 taskset -c 1 "$bin/ssepub" --url "$pub_url" --topics "$topics" --rate "$rate" --duration "$secs" \
   --template '{{json}}' --header 'X-API-Key: bench-pub' >"$out/ssepub.out" 2>&1
-t1=$(awk '{print $14+$15}' "/proc/$srv/stat")
+t1=$(awk '{print $14","$15}' "/proc/$srv/stat")
 wait $ps
 if [ "$record" = 1 ]; then wait $pp; fi
 sleep 1
@@ -89,15 +89,18 @@ kill $sb 2>/dev/null || true
 wait $sb 2>/dev/null || true
 python3 - "$out" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY'
 import json, re, sys
-out, t0, t1, tck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out, tck = sys.argv[1], int(sys.argv[4])
+(u0, s0), (u1, s1) = ([int(x) for x in a.split(",")] for a in sys.argv[2:4])
 # phase 1 is the connect phase, 2 the publishing window (ended by the second SIGUSR1)
 phase = [json.loads(l) for l in open(f"{out}/ssebench.out") if '"final"' in l and '"phase":2,' in l]
 pub = json.loads(open(f"{out}/ssepub.out").read().splitlines()[0])
 d = phase[0]["deliveries"] if phase else 0
 lat = phase[0]["lat_ms"] if phase else {}
-cpu_ms = (t1 - t0) * 1000 / tck
+user_ms, sys_ms = (u1 - u0) * 1000 / tck, (s1 - s0) * 1000 / tck
+cpu_ms = user_ms + sys_ms
 print(f"published {pub['ok']} ({pub['actual_rate']}/s), deliveries {d}, server CPU {cpu_ms:.0f} ms"
-      f" = {cpu_ms * 1000 / max(d, 1):.2f} us/delivery; latency ms p50 {lat.get('p50')} p99 {lat.get('p99')} p99.9 {lat.get('p999')}")
+      f" = {cpu_ms * 1000 / max(d, 1):.2f} us/delivery (user {user_ms * 1000 / max(d, 1):.2f}, kernel {sys_ms * 1000 / max(d, 1):.2f});"
+      f" latency ms p50 {lat.get('p50')} p99 {lat.get('p99')} p99.9 {lat.get('p999')}")
 for line in open(f"{out}/stat.txt"):
     m = re.match(r"\s+([\d,]+)\s+(\S+)", line)
     if m:
