@@ -19,8 +19,9 @@
 //!   [`server::limits`]); the cold per-request side is [`server::http`]
 //!   (parsing, the connection loop, the REST endpoints, stream admission as
 //!   named steps, [`server::http::ApiError`]); the hot per-event side is
-//!   [`server::worker`] (subscribers, fan-out, write permits, the timer
-//!   wheel, vectored write batches and the stream loop). A reload
+//!   [`server::worker`] (subscribers, fan-out, the io_uring send ring or,
+//!   on epoll, write permits, the timer wheel, vectored write batches and
+//!   the stream loop). A reload
 //!   (`SIGHUP`, [`server::reload`]) replaces the settings whole and hands
 //!   each worker the new ones through its inbox.
 //!
@@ -37,8 +38,8 @@
 //!   threads; it shares nothing with the server but the crate).
 //!
 //! Hot modules (never allocate, lock or serialise per connection per event):
-//! `hub::ring`, `sse` (update frames), `server::worker` (fan-out, permits,
-//! wheel, stream write loop, iovec).
+//! `hub::ring`, `sse` (update frames), `server::worker` (fan-out, send
+//! ring, permits, wheel, stream write loop, iovec).
 //!
 //! # Words
 //! * **cadence**: a tier's `coalesce_ms`; tiers with the same one share
