@@ -211,6 +211,14 @@ fn publish(c: &mut Criterion) {
             parse_rows(&mut buf, false, &key, &[]).unwrap()
         })
     });
+    // one row per publish, as the peer harness's publisher sends them
+    let one = row(7);
+    c.bench_function("publish/parse_1_row_simd_json", |b| {
+        b.iter(|| {
+            let mut buf = one.clone().into_bytes();
+            parse_rows(&mut buf, false, &key, &[]).unwrap()
+        })
+    });
     c.bench_function("publish/baseline_serde_json_20_rows", |b| {
         b.iter(|| {
             let v: Vec<serde_json::Map<String, serde_json::Value>> =

@@ -17,8 +17,9 @@
 
 use std::borrow::Cow;
 
-use simd_json::BorrowedValue;
 use simd_json::prelude::*;
+use simd_json::tape::{Object, Value};
+use simd_json::{BorrowedValue, Buffers, Tape};
 
 use std::sync::Arc;
 
@@ -188,21 +189,64 @@ pub fn join_rows(rows: &[Row]) -> Bytes {
 
 /// Parses a body into rows, keeping each row's state-table key and its
 /// values of the topic's filter fields. `body` is simd-json's scratch space.
+///
+/// simd-json parses into a tape (a flat list of nodes, no map or vector per
+/// object), with buffers kept per thread: a one-row publish allocates only
+/// its rows.
 pub fn parse_rows(
     body: &mut [u8],
     ndjson: bool,
     key_fields: &[String],
     filter_fields: &[String],
 ) -> Result<Vec<Row>, PublishError> {
-    let mut spec = Fields {
+    // Taken out of the thread's slot for the call (a nested call, which
+    // nothing makes, would start from empty scratch instead of panicking).
+    let mut scratch = SCRATCH.with(|s| s.take()).unwrap_or_default();
+    let rows = parse_with(&mut scratch, body, ndjson, key_fields, filter_fields);
+    if body.len() <= MAX_KEPT_SCRATCH_BODY {
+        SCRATCH.with(|s| s.set(Some(scratch)));
+    }
+    rows
+}
+
+/// Bodies up to this size leave their parse buffers to the next publish on
+/// the thread (larger ones free theirs, so a rare large body does not pin
+/// its buffers).
+const MAX_KEPT_SCRATCH_BODY: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Option<Scratch>> = const { std::cell::Cell::new(None) };
+}
+
+/// What a parse reuses: simd-json's buffers and tape, the row builder.
+#[derive(Default)]
+struct Scratch {
+    buffers: Buffers,
+    /// Empty between parses (its nodes borrow from the body being parsed).
+    tape: Option<Tape<'static>>,
+    builder: RowBuilder,
+    /// Per member of the row being encoded: where its value's JSON starts
+    /// and ends.
+    spans: Vec<(usize, usize)>,
+    text: Vec<u8>,
+}
+
+fn parse_with(
+    scratch: &mut Scratch,
+    body: &mut [u8],
+    ndjson: bool,
+    key_fields: &[String],
+    filter_fields: &[String],
+) -> Result<Vec<Row>, PublishError> {
+    let spec = Fields {
         key: key_fields,
         filter: filter_fields,
-        builder: RowBuilder::new(),
-        spans: Vec::new(),
     };
+    let mut tape: Tape<'_> = scratch.tape.take().unwrap_or_else(Tape::null).reset();
     let mut rows = Vec::new();
-    if ndjson {
+    let result = if ndjson {
         let mut start = 0;
+        let mut result = Ok(());
         while start < body.len() {
             let end = body[start..]
                 .iter()
@@ -210,81 +254,94 @@ pub fn parse_rows(
                 .map_or(body.len(), |i| start + i);
             let line = &mut body[start..end];
             if line.iter().any(|b| !b.is_ascii_whitespace()) {
-                let v = simd_json::to_borrowed_value(line)
-                    .map_err(|e| PublishError::Json(e.to_string()))?;
-                push_row(&mut rows, &v, &mut spec)?;
+                // Each line's tape borrows that line only.
+                let mut line_tape: Tape<'_> = tape.reset();
+                result = simd_json::fill_tape(line, &mut scratch.buffers, &mut line_tape)
+                    .map_err(|e| PublishError::Json(e.to_string()))
+                    .and_then(|()| push_row(&mut rows, line_tape.as_value(), &spec, scratch));
+                tape = line_tape.reset();
+                if result.is_err() {
+                    break;
+                }
             }
             start = end + 1;
         }
+        result
+    } else if body.iter().all(|b| b.is_ascii_whitespace()) {
+        Err(PublishError::Empty)
     } else {
-        if body.iter().all(|b| b.is_ascii_whitespace()) {
-            return Err(PublishError::Empty);
-        }
-        let v =
-            simd_json::to_borrowed_value(body).map_err(|e| PublishError::Json(e.to_string()))?;
-        match v.as_array() {
-            Some(items) => {
-                if items.len() > MAX_ROWS_PER_PUBLISH {
-                    return Err(PublishError::TooManyRows);
-                }
-                rows.reserve(items.len());
-                for item in items {
-                    push_row(&mut rows, item, &mut spec)?;
+        match simd_json::fill_tape(body, &mut scratch.buffers, &mut tape) {
+            Err(e) => Err(PublishError::Json(e.to_string())),
+            Ok(()) => {
+                let v = tape.as_value();
+                match v.as_array() {
+                    Some(items) if items.len() > MAX_ROWS_PER_PUBLISH => {
+                        Err(PublishError::TooManyRows)
+                    }
+                    Some(items) => {
+                        rows.reserve(items.len());
+                        items
+                            .iter()
+                            .try_for_each(|item| push_row(&mut rows, item, &spec, scratch))
+                    }
+                    None => push_row(&mut rows, v, &spec, scratch),
                 }
             }
-            None => push_row(&mut rows, &v, &mut spec)?,
         }
-    }
+    };
+    scratch.tape = Some(tape.reset());
+    result?;
     if rows.is_empty() {
         return Err(PublishError::Empty);
     }
     Ok(rows)
 }
 
-/// What to keep of each row, and scratch space reused across rows.
+/// Which fields to keep of each row.
 struct Fields<'a> {
     key: &'a [String],
     filter: &'a [String],
-    builder: RowBuilder,
-    /// Per member of the row being encoded: (address of its value, where
-    /// the value's JSON starts and ends).
-    spans: Vec<(usize, usize, usize)>,
 }
 
-/// A field's text as filters and keys compare it (a string's text, or the
-/// compact JSON of anything else) and where in the row's JSON that text may
-/// appear verbatim.
-fn field_text<'v>(
-    value: &'v BorrowedValue<'_>,
-    spans: &[(usize, usize, usize)],
+/// Writes a field's text as filters and keys compare it (a string's text,
+/// or the compact JSON of anything else) into `text`, and returns where in
+/// the row's JSON that text may appear verbatim (`span`: where the value's
+/// JSON is).
+fn field_text(
+    value: &Value<'_, '_>,
+    span: (usize, usize),
     json: &[u8],
-    scratch: &'v mut Vec<u8>,
-) -> (&'v [u8], Option<usize>) {
-    let addr = value as *const BorrowedValue<'_> as usize;
-    let span = spans.iter().find(|s| s.0 == addr);
+    text: &mut Vec<u8>,
+) -> usize {
+    text.clear();
     match value.as_str() {
         // a string's text sits between its quotes unless it was escaped
         // (the builder checks the bytes before it points at them)
-        Some(s) => (s.as_bytes(), span.map(|&(_, start, _)| start + 1)),
-        None => match span {
-            Some(&(_, start, end)) => {
-                scratch.clear();
-                scratch.extend_from_slice(&json[start..end]);
-                (&scratch[..], Some(start))
-            }
-            None => {
-                scratch.clear();
-                scratch.extend_from_slice(value.encode().as_bytes());
-                (&scratch[..], None)
-            }
-        },
+        Some(s) => {
+            text.extend_from_slice(s.as_bytes());
+            span.0 + 1
+        }
+        None => {
+            text.extend_from_slice(&json[span.0..span.1]);
+            span.0
+        }
     }
+}
+
+/// The first member of `obj` called `name` (as simd-json's `get` finds
+/// it), with its index.
+fn member<'t, 'i>(obj: &Object<'t, 'i>, name: &str) -> Option<(usize, Value<'t, 'i>)> {
+    obj.iter()
+        .enumerate()
+        .find(|(_, (k, _))| *k == name)
+        .map(|(i, (_, v))| (i, v))
 }
 
 fn push_row(
     rows: &mut Vec<Row>,
-    v: &BorrowedValue<'_>,
-    spec: &mut Fields<'_>,
+    v: Value<'_, '_>,
+    spec: &Fields<'_>,
+    scratch: &mut Scratch,
 ) -> Result<(), PublishError> {
     let n = rows.len();
     if n >= MAX_ROWS_PER_PUBLISH {
@@ -292,44 +349,42 @@ fn push_row(
     }
     let obj = v.as_object().ok_or(PublishError::NotAnObject(n))?;
     for field in spec.key {
-        if obj.get(field.as_str()).is_none() {
+        if member(&obj, field).is_none() {
             return Err(PublishError::MissingKey(n, field.clone()));
         }
     }
     // The row's compact JSON, written member by member exactly as
     // simd-json's `encode` would (same writer, same order), noting where
     // each value starts so that key and filter fields can point into it.
-    let b = &mut spec.builder;
+    let b = &mut scratch.builder;
     b.clear();
-    spec.spans.clear();
+    scratch.spans.clear();
     let json = &mut b.json;
     json.push(b'{');
     for (i, (name, value)) in obj.iter().enumerate() {
         if i > 0 {
             json.push(b',');
         }
-        write_json(json, &BorrowedValue::String(Cow::Borrowed(name)));
+        BorrowedValue::String(Cow::Borrowed(name))
+            .write(json)
+            .expect("writing to a Vec does not fail");
         json.push(b':');
         let start = json.len();
         write_json(json, value);
-        spec.spans.push((
-            value as *const BorrowedValue<'_> as usize,
-            start,
-            json.len(),
-        ));
+        scratch.spans.push((start, json.len()));
     }
     json.push(b'}');
-    let mut scratch = Vec::new();
+    let text = &mut scratch.text;
     for field in spec.key {
-        let value = obj.get(field.as_str()).expect("checked above");
-        let (text, at) = field_text(value, &spec.spans, &b.json, &mut scratch);
-        b.key_field(text, at);
+        let (i, value) = member(&obj, field).expect("checked above");
+        let at = field_text(&value, scratch.spans[i], &b.json, text);
+        b.key_field(text, Some(at));
     }
     for field in spec.filter {
-        match obj.get(field.as_str()) {
-            Some(value) => {
-                let (text, at) = field_text(value, &spec.spans, &b.json, &mut scratch);
-                b.filter_field(Some(text), at);
+        match member(&obj, field) {
+            Some((i, value)) => {
+                let at = field_text(&value, scratch.spans[i], &b.json, text);
+                b.filter_field(Some(text), Some(at));
             }
             None => b.filter_field(None, None),
         }
@@ -339,7 +394,7 @@ fn push_row(
 }
 
 /// Appends a value's compact JSON (writing to a `Vec` cannot fail).
-fn write_json(out: &mut Vec<u8>, v: &BorrowedValue<'_>) {
+fn write_json(out: &mut Vec<u8>, v: Value<'_, '_>) {
     v.write(out).expect("writing to a Vec does not fail");
 }
 
