@@ -15,6 +15,10 @@
 #   RECORD=0 ...                      counts, CPU and latency only (no perf
 #                                     record, whose sampling costs CPU)
 #   RECORD=0 STAT=0 ...               CPU and latency only (no tracepoints)
+#   RECORD=user STAT=0 ...            CPU, latency, and the server's user-space
+#                                     time from 4 kHz user-only samples (finer
+#                                     than the 10 ms ticks of the user/kernel
+#                                     split): for A/B runs of user-space work
 #   PORT=8101 ...                     another port than the harness's 8100
 #   CALLGRAPH=dwarf ...               user-space call chains too (the release
 #                                     build has no frame pointers); then
@@ -66,7 +70,10 @@ sb=$!
 for _ in $(seq 600); do [ -s "$out/ready.json" ] && break; sleep 0.1; done
 sleep 1
 kill -USR1 $sb # ends the connect phase: the next summary covers the publishing window only
-if [ "$record" = 1 ]; then
+if [ "$record" = user ]; then
+  perf record -e cpu-clock:u -F 4000 ${USER_CG:-} -p "$srv" -o "$out/perf-user.data" -- sleep "$secs" >/dev/null 2>&1 &
+  pp=$!
+elif [ "$record" = 1 ]; then
   if [ "${CALLGRAPH:-fp}" = dwarf ]; then cg=(--call-graph dwarf,32768 -F 500); else cg=(-g -F 2000); fi
   perf record -e cpu-clock "${cg[@]}" -p "$srv" -o "$out/perf.data" -- sleep "$secs" >/dev/null 2>&1 &
   pp=$!
@@ -81,7 +88,7 @@ taskset -c 1 "$bin/ssepub" --url "$pub_url" --topics "$topics" --rate "$rate" --
   --template '{{json}}' --header 'X-API-Key: bench-pub' >"$out/ssepub.out" 2>&1
 t1=$(awk '{print $14","$15}' "/proc/$srv/stat")
 wait $ps
-if [ "$record" = 1 ]; then wait $pp; fi
+if [ "$record" != 0 ]; then wait $pp; fi
 sleep 1
 kill -USR1 $sb
 sleep 0.5
@@ -107,6 +114,10 @@ for line in open(f"{out}/stat.txt"):
         n = int(m.group(1).replace(",", ""))
         print(f"{n:>10}  {n / max(d, 1):7.3f}/delivery  {n / max(pub['ok'], 1):8.2f}/publish  {m.group(2)}")
 PY
+if [ "$record" = user ]; then
+  n=$(perf script -G -i "$out/perf-user.data" -F ip 2>/dev/null | wc -l)
+  python3 -c "import json,sys; n=int(sys.argv[1]); d=json.loads([l for l in open(sys.argv[2]) if '\"final\"' in l and '\"phase\":2,' in l][0])['deliveries']; print(f'user-space samples {n} (4 kHz) = {n/4:.0f} ms = {n*250/max(d,1):.2f} us/delivery')" "${n:-0}" "$out/ssebench.out"
+fi
 if [ "$record" = 1 ]; then
 perf report -i "$out/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep '%' | head -4
 perf report -i "$out/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep '%' >"$out/syms.txt"

@@ -149,12 +149,24 @@ pub fn find_credential<'a, H: AsRef<str>, Q: AsRef<str>>(
     headers: &'a [(H, H)],
     query: &'a [(Q, Q)],
 ) -> Option<Credential<'a>> {
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_ref().trim())
-    };
+    find_credential_in(
+        |name| {
+            headers
+                .iter()
+                .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_ref())
+        },
+        query,
+    )
+}
+
+/// [`find_credential`] with the request's headers looked up by `header`
+/// (the first header of a name, any case).
+pub fn find_credential_in<'a, Q: AsRef<str>>(
+    header: impl Fn(&str) -> Option<&'a str>,
+    query: &'a [(Q, Q)],
+) -> Option<Credential<'a>> {
+    let header = |name: &str| header(name).map(str::trim);
     if let Some(v) = header("x-api-key") {
         return Some(Credential {
             value: v,

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::{Principal, find_credential};
+use crate::auth::{Principal, find_credential_in};
 use crate::hub::filter::{Clause, Value};
 use crate::hub::{Filter, Maker, Topic};
 use crate::server::http::error::{ApiError, DRAINING, ErrorKind};
@@ -141,7 +141,7 @@ pub fn stream_target(ctx: &Context, req: &Request) -> Option<Result<Target, ApiE
 /// Who is asking: a key, a stream token, or nobody (`auth.required =
 /// false`). Refused: 401.
 pub fn authenticate(ctx: &Context, req: &Request) -> Result<Principal, ApiError> {
-    let cred = find_credential(&req.headers, &req.query);
+    let cred = find_credential_in(|name| req.header(name), &req.query);
     Ok(ctx.keys.authenticate(&ctx.settings, cred)?)
 }
 

@@ -5,7 +5,9 @@
 //! `MAX_HEADERS` headers is 431; a malformed head is 400. Sizes from the
 //! network are bounded before they are parsed (`Content-Length` digits).
 //! Parsing copies the request's path, query and headers out of the buffer,
-//! so the read buffer can be dropped as soon as a stream starts.
+//! so the read buffer can be dropped as soon as a stream starts. The
+//! headers' names and values are copied into one string (two allocations
+//! for all of them, not two per header).
 
 /// Largest request head (request line and headers), in bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -34,8 +36,10 @@ pub struct Request {
     pub path: String,
     /// Percent-decoded query pairs, in order.
     pub query: Vec<(String, String)>,
-    /// Header names and values, in order.
-    pub headers: Vec<(String, String)>,
+    /// Header names and values (values trimmed), one after the other.
+    header_text: String,
+    /// Where each header's name and value are in `header_text`, in order.
+    header_spans: Vec<HeaderSpan>,
     pub content_length: Option<usize>,
     pub chunked: bool,
     /// `Expect: 100-continue`: the client waits for `100 Continue` before
@@ -52,11 +56,20 @@ impl Request {
         self.chunked || self.content_length.is_some_and(|n| n > 0)
     }
 
+    /// The first header called `name` (any case), its value trimmed.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
+        self.headers()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
+    }
+
+    /// Header names and values, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        let t = &self.header_text;
+        self.header_spans.iter().map(move |h| {
+            let (n, v) = (h.name_end as usize, h.value_end as usize);
+            (&t[h.start as usize..n], &t[n..v])
+        })
     }
 
     pub fn query(&self, name: &str) -> Option<&str> {
@@ -65,6 +78,16 @@ impl Request {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// One header in a request's `header_text`: its name is
+/// `start..name_end`, its value `name_end..value_end` (offsets fit: the
+/// head is at most `MAX_HEAD_BYTES`).
+#[derive(Debug, Clone, Copy)]
+struct HeaderSpan {
+    start: u32,
+    name_end: u32,
+    value_end: u32,
 }
 
 /// Why a request head was refused.
@@ -125,7 +148,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let mut content_length = None;
     let mut chunked = false;
     let mut expect_continue = false;
-    let mut owned = Vec::with_capacity(req.headers.len());
+    let text_len: usize = req
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len())
+        .sum();
+    let mut header_text = String::with_capacity(text_len);
+    let mut header_spans = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HttpError::Malformed("header value is not UTF-8"))?;
@@ -156,7 +185,17 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
                 keep_alive = true;
             }
         }
-        owned.push((h.name.to_string(), value.to_string()));
+        // Cannot overflow or truncate: the text is at most the head's
+        // length, which is at most MAX_HEAD_BYTES.
+        let start = header_text.len() as u32;
+        header_text.push_str(h.name);
+        let name_end = header_text.len() as u32;
+        header_text.push_str(value);
+        header_spans.push(HeaderSpan {
+            start,
+            name_end,
+            value_end: header_text.len() as u32,
+        });
     }
     if chunked && content_length.is_some() {
         return Err(HttpError::Malformed(
@@ -170,7 +209,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, HttpError> {
         method,
         path,
         query,
-        headers: owned,
+        header_text,
+        header_spans,
         content_length,
         chunked,
         expect_continue,
@@ -238,6 +278,25 @@ mod tests {
         assert_eq!(r.header("last-event-id"), Some("7"));
         assert_eq!(r.head_len, full.len());
         assert!(r.keep_alive);
+    }
+
+    #[test]
+    fn headers_keep_their_order_and_the_first_of_a_name_wins() {
+        let head = b"POST /v1/publish/t HTTP/1.1\r\nHost: h\r\nX-API-Key:  k1 \r\nx-api-key: k2\r\nEmpty:\r\n\r\n";
+        let r = parse(head).unwrap().unwrap();
+        let all: Vec<(&str, &str)> = r.headers().collect();
+        assert_eq!(
+            all,
+            [
+                ("Host", "h"),
+                ("X-API-Key", "k1"),
+                ("x-api-key", "k2"),
+                ("Empty", "")
+            ]
+        );
+        assert_eq!(r.header("X-Api-Key"), Some("k1"));
+        assert_eq!(r.header("empty"), Some(""));
+        assert_eq!(r.header("origin"), None);
     }
 
     #[test]
