@@ -365,9 +365,7 @@ fn push_row(
         if i > 0 {
             json.push(b',');
         }
-        BorrowedValue::String(Cow::Borrowed(name))
-            .write(json)
-            .expect("writing to a Vec does not fail");
+        write_key(json, name);
         json.push(b':');
         let start = json.len();
         write_json(json, value);
@@ -391,6 +389,20 @@ fn push_row(
     }
     rows.push(b.finish());
     Ok(())
+}
+
+/// Appends a member name as a JSON string, as simd-json's writer would: a
+/// name that needs no escape is copied as it is.
+fn write_key(out: &mut Vec<u8>, name: &str) {
+    if name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'"');
+    } else {
+        BorrowedValue::String(Cow::Borrowed(name))
+            .write(out)
+            .expect("writing to a Vec does not fail");
+    }
 }
 
 /// Appends a value's compact JSON (writing to a `Vec` cannot fail).
@@ -480,6 +492,7 @@ mod tests {
         let bodies = [
             r#"{"a":"q\"\\\n\u0001é/","b":[1,{"c":null}],"d":1.5e3,"e":-0,"f":true,"\"k":{}}"#,
             r#"{"id":"x","a":"plain"}"#,
+            r#"{"é/k":1,"a\u0001\\":2,"\t":3}"#,
             r#"{}"#,
         ];
         for body in bodies {

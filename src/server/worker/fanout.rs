@@ -212,6 +212,20 @@ impl Worker {
         now: u64,
         max_events: u32,
     ) -> u64 {
+        // A pass that only reads each member's hot fields first (a field in
+        // each of their cache lines, see `Subscriber`): its loads do not
+        // depend on each other, so the misses of members not touched since
+        // the topic's last frame overlap, where the loop below and the send
+        // ring, one member after another, would wait for each in turn.
+        let touched = members
+            .iter()
+            .filter(|m| {
+                m.queued_bytes.get() < MAX_QUEUED_BYTES
+                    && m.state.get() == SubState::Open
+                    && m.meter.is_none()
+            })
+            .count();
+        std::hint::black_box(touched);
         let mut delivered = 0;
         let mut i = 0;
         while i < members.len() {

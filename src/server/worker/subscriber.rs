@@ -46,14 +46,52 @@ pub struct StreamAuth {
 
 /// The worker-side half of one SSE connection, shared (`Rc`) between its
 /// group, the timer wheel and the connection task.
+///
+/// `repr(C)`, hot fields first: what the fan-out reads and writes per frame
+/// (the queue, its byte count, the state and flags, the socket, the tier,
+/// the clocks) sits in its first 96 bytes, 112 of the `Rc`'s
+/// allocation with the counts: two or three cache lines, where Rust's own
+/// order spread them over all four.
+#[repr(C)]
 pub struct Subscriber {
+    // hot: the fan-out and the send ring
     pub(super) queue: RefCell<VecDeque<Frame>>,
     pub(super) queued_bytes: Cell<usize>,
-    pub(super) waker: Cell<Option<Waker>>,
     pub(super) state: Cell<SubState>,
+    /// Waiting in the worker's permit queue (or the send ring's ready
+    /// queue), or writing: the fan-out need not wake it (it looks at its
+    /// queue when the write ends).
+    pub(super) busy: Cell<bool>,
+    /// A raw-tier stream: waits for write permits ahead of coalesced ones.
+    pub(super) raw_tier: bool,
+    /// Holds one of the worker's write permits.
+    pub(super) permit: Cell<bool>,
+    /// Send ring only ([`super::sender`]): its socket while its task runs
+    /// (-1 before and after), its fixed-file slot (`NO_SLOT`: none), the
+    /// `user_data` of its operation in flight (0: none), and the batch that
+    /// operation sends (kept here until it completes).
+    pub(super) fd: Cell<RawFd>,
     pub(super) events: Cell<u32>,
+    pub(super) slot: Cell<u32>,
     /// Worker clock (ms) of the last frame queued: silence counts from here.
     pub(super) last_write: Cell<u64>,
+    /// Its key and tier (the fan-out counts deliveries by tier; reloads
+    /// read the rest).
+    pub(super) auth: Cell<StreamAuth>,
+    pub(super) op: Cell<u64>,
+    pub(super) batch: RefCell<Option<Box<FrameBatch>>>,
+    /// Worker tick at which its current write began (`NOT_WRITING`: none).
+    /// A write still in flight `slow_consumer_s` later means the socket has
+    /// not drained for that long.
+    pub(super) write_since: Cell<u64>,
+    /// Bytes written to its socket (the response head included): read by
+    /// the access log, and by metering less the head.
+    pub(super) bytes: Cell<u64>,
+    /// Its usage record's identity and what was folded into its key's
+    /// account so far (`None`: metering is off).
+    pub(super) meter: Option<Box<StreamMeter>>,
+    // cold: timers, writes in the stream's task, close, metering
+    pub(super) waker: Cell<Option<Waker>>,
     /// Worker clock (ms) when the stream started.
     pub(super) started: u64,
     /// Worker clock (ms) at which `max_duration_s` is reached (`u64::MAX`:
@@ -62,40 +100,12 @@ pub struct Subscriber {
     /// Worker clock (ms) after which a closing connection is aborted.
     pub(super) close_deadline: Cell<u64>,
     pub(super) heartbeat_s: u32,
-    /// Holds one of the worker's write permits.
-    pub(super) permit: Cell<bool>,
-    /// Waiting in the worker's permit queue (or the send ring's ready
-    /// queue), or writing: the fan-out need not wake it (it looks at its
-    /// queue when the write ends).
-    pub(super) busy: Cell<bool>,
     /// The permit reaper's epoch when this stream took its permit.
     pub(super) permit_epoch: Cell<u32>,
-    /// Worker tick at which its current write began (`NOT_WRITING`: none).
-    /// A write still in flight `slow_consumer_s` later means the socket has
-    /// not drained for that long.
-    pub(super) write_since: Cell<u64>,
-    /// A raw-tier stream: waits for write permits ahead of coalesced ones.
-    pub(super) raw_tier: bool,
-    /// Bytes written to its socket (the response head included): read by
-    /// the access log, and by metering less the head.
-    pub(super) bytes: Cell<u64>,
     /// Why it is closing; the first reason set wins.
     pub(super) close_reason: Cell<Option<CloseReason>>,
-    /// Its key and tier (cold: read by metrics at its close and by reloads).
-    pub(super) auth: Cell<StreamAuth>,
     /// Metered streams only: update frames written whole.
     pub(super) sent_events: Cell<u64>,
-    /// Its usage record's identity and what was folded into its key's
-    /// account so far (`None`: metering is off).
-    pub(super) meter: Option<Box<StreamMeter>>,
-    /// Send ring only ([`super::sender`]): its socket while its task runs
-    /// (-1 before and after), its fixed-file slot (`NO_SLOT`: none), the
-    /// `user_data` of its operation in flight (0: none), and the batch that
-    /// operation sends (kept here until it completes).
-    pub(super) fd: Cell<RawFd>,
-    pub(super) slot: Cell<u32>,
-    pub(super) op: Cell<u64>,
-    pub(super) batch: RefCell<Option<Box<FrameBatch>>>,
 }
 
 impl Subscriber {
@@ -293,4 +303,45 @@ fn deadline(started: u64, max_duration_s: u32) -> u64 {
 pub fn jittered_retry(retry_ms: u32) -> u32 {
     let spread = retry_ms / 4;
     retry_ms - spread + fastrand::u32(0..=spread * 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::offset_of;
+
+    /// Where the fan-out's fields of a [`Subscriber`] end (the `Rc`'s two
+    /// counts come before them).
+    const HOT_BYTES: usize = 136;
+
+    #[test]
+    fn the_fan_outs_fields_come_first() {
+        let hot = [
+            offset_of!(Subscriber, queue) + size_of::<RefCell<VecDeque<Frame>>>(),
+            offset_of!(Subscriber, queued_bytes) + 8,
+            offset_of!(Subscriber, state) + 1,
+            offset_of!(Subscriber, busy) + 1,
+            offset_of!(Subscriber, raw_tier) + 1,
+            offset_of!(Subscriber, permit) + 1,
+            offset_of!(Subscriber, fd) + 4,
+            offset_of!(Subscriber, events) + 4,
+            offset_of!(Subscriber, slot) + 4,
+            offset_of!(Subscriber, last_write) + 8,
+            offset_of!(Subscriber, auth) + size_of::<StreamAuth>(),
+            offset_of!(Subscriber, op) + 8,
+            offset_of!(Subscriber, batch) + size_of::<RefCell<Option<Box<FrameBatch>>>>(),
+            offset_of!(Subscriber, write_since) + 8,
+            offset_of!(Subscriber, bytes) + 8,
+            offset_of!(Subscriber, meter) + 8,
+        ];
+        assert_eq!(hot.iter().max(), Some(&HOT_BYTES));
+        for cold in [
+            offset_of!(Subscriber, waker),
+            offset_of!(Subscriber, deadline),
+            offset_of!(Subscriber, close_reason),
+            offset_of!(Subscriber, sent_events),
+        ] {
+            assert!(cold >= HOT_BYTES);
+        }
+    }
 }
