@@ -151,7 +151,14 @@ pub fn stored(
 }
 
 fn accepted(Accepted { rows, id }: Accepted) -> Answer {
-    let s = format!(r#"{{"accepted":{rows},"id":"{id}"}}"#);
+    // {"accepted":<rows>,"id":"<id>"}, without the formatting machinery
+    let mut b = itoa::Buffer::new();
+    let mut s = Vec::with_capacity(64);
+    s.extend_from_slice(br#"{"accepted":"#);
+    s.extend_from_slice(b.format(rows).as_bytes());
+    s.extend_from_slice(br#","id":""#);
+    s.extend_from_slice(b.format(id).as_bytes());
+    s.extend_from_slice(br#""}"#);
     (202, "application/json", Bytes::from(s))
 }
 
@@ -475,6 +482,16 @@ mod tests {
 
     fn req(text: &str) -> Request {
         parse(text.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_publish_is_answered_with_its_rows_and_id() {
+        let (status, ctype, body) = accepted(Accepted {
+            rows: 3,
+            id: u64::MAX,
+        });
+        assert_eq!((status, ctype), (202, "application/json"));
+        assert_eq!(&body[..], br#"{"accepted":3,"id":"18446744073709551615"}"#);
     }
 
     #[test]

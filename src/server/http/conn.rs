@@ -160,11 +160,15 @@ pub async fn serve(
             {
                 return;
             }
-            let body_timeout = Duration::from_secs(ctx.settings.body_timeout_s.into());
-            let read = read_body(&ctx, &mut stream, &mut buf, &req);
-            match monoio::time::timeout(body_timeout, read).await {
-                Ok(Some(b)) => b,
-                Ok(None) | Err(_) => return,
+            if let Some(b) = buffered_body(&ctx, &mut buf, &req) {
+                b
+            } else {
+                let body_timeout = Duration::from_secs(ctx.settings.body_timeout_s.into());
+                let read = read_body(&ctx, &mut stream, &mut buf, &req);
+                match monoio::time::timeout(body_timeout, read).await {
+                    Ok(Some(b)) => b,
+                    Ok(None) | Err(_) => return,
+                }
             }
         } else {
             buf.drain(..req.head_len);
@@ -255,6 +259,20 @@ async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>, limit: usize) -> Op
         Ok(0) | Err(_) => None,
         Ok(_) => Some(buf),
     }
+}
+
+/// A `Content-Length` body already read with its head (a small publish
+/// usually is): taken without a read, a deadline or a future. `None`: read
+/// it with [`read_body`], which also refuses one over the limit.
+fn buffered_body(ctx: &Context, buf: &mut Vec<u8>, req: &Request) -> Option<Vec<u8>> {
+    let len = req.content_length?;
+    let need = req.head_len.checked_add(len)?;
+    if len > ctx.settings.max_body_bytes || buf.len() < need {
+        return None;
+    }
+    let body = buf[req.head_len..need].to_vec();
+    buf.drain(..need);
+    Some(body)
 }
 
 /// Reads a request body (Content-Length or chunked) into a `Vec`, leaving
