@@ -67,18 +67,21 @@ pub struct Subscriber {
     /// Holds one of the worker's write permits.
     pub(super) permit: Cell<bool>,
     /// Send ring only ([`super::sender`]): its socket while its task runs
-    /// (-1 before and after), its fixed-file slot (`NO_SLOT`: none), the
-    /// `user_data` of its operation in flight (0: none), and the batch that
-    /// operation sends (kept here until it completes).
+    /// (-1 before and after).
     pub(super) fd: Cell<RawFd>,
+    /// Update frames queued on it (fan-out and replays), for `max_events`.
     pub(super) events: Cell<u32>,
+    /// Send ring only: its fixed-file slot (`NO_SLOT`: none).
     pub(super) slot: Cell<u32>,
     /// Worker clock (ms) of the last frame queued: silence counts from here.
     pub(super) last_write: Cell<u64>,
     /// Its key and tier (the fan-out counts deliveries by tier; reloads
     /// read the rest).
     pub(super) auth: Cell<StreamAuth>,
+    /// Send ring only: the `user_data` of its operation in flight (0: none).
     pub(super) op: Cell<u64>,
+    /// Send ring only: the batch that operation sends, kept here until it
+    /// completes.
     pub(super) batch: RefCell<Option<Box<FrameBatch>>>,
     /// Worker tick at which its current write began (`NOT_WRITING`: none).
     /// A write still in flight `slow_consumer_s` later means the socket has
