@@ -5,12 +5,13 @@
 //! [`ApiError`]; [`route`] turns either into the whole response (CORS and
 //! `HEAD` handled once, refusals counted by code).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{Principal, Role};
-use crate::hub::Maker;
+use crate::hub::{Maker, Topic};
 use crate::metrics;
 use crate::server::http::admission::{
     authenticate, authorize, lookup_topic, publish_target, row_filter, token_issuer,
@@ -118,10 +119,22 @@ pub enum Reply {
     Stored(Submitted),
 }
 
+/// A publish's topic and key, as [`admit_post`] found them.
+///
+/// [`admit_post`]: crate::server::http::admission::admit_post
+pub type PublishTarget = (Arc<Topic>, usize);
+
 /// Answers a non-streaming request with a whole response (or, for a
-/// `[cluster]` publish, with the update on its way to the log).
-pub fn route(ctx: &Context, req: &Request, body: Vec<u8>, keep_alive: bool) -> Reply {
-    match answer(ctx, req, body) {
+/// `[cluster]` publish, with the update on its way to the log). A publish
+/// admitted before its body was read comes with its `target`.
+pub fn route(
+    ctx: &Context,
+    req: &Request,
+    body: Vec<u8>,
+    target: Option<PublishTarget>,
+    keep_alive: bool,
+) -> Reply {
+    match answer(ctx, req, body, target) {
         Ok(Answered::Stored(s)) => Reply::Stored(s),
         Ok(Answered::Now(a)) => {
             let (out, body) = respond(ctx, req, Ok(a), keep_alive);
@@ -229,7 +242,12 @@ fn respond(
     }
 }
 
-fn answer(ctx: &Context, req: &Request, body: Vec<u8>) -> Result<Answered, ApiError> {
+fn answer(
+    ctx: &Context,
+    req: &Request,
+    body: Vec<u8>,
+    target: Option<PublishTarget>,
+) -> Result<Answered, ApiError> {
     if !admin::serves(&ctx.settings, ctx.admin, &req.path) {
         return Err(ApiError::not_found("no such endpoint"));
     }
@@ -252,7 +270,7 @@ fn answer(ctx: &Context, req: &Request, body: Vec<u8>) -> Result<Answered, ApiEr
         Endpoint::Index => Ok(index(ctx, req).into()),
         Endpoint::Snapshot(topic) => snapshot(ctx, req, topic).map(Answered::from),
         Endpoint::StreamToken => stream_token(ctx, req, body).map(Answered::from),
-        Endpoint::Publish(topic) => publish(ctx, req, topic, body),
+        Endpoint::Publish(topic) => publish(ctx, req, topic, target, body),
         Endpoint::Topics => topics(ctx, req).map(Answered::from),
         Endpoint::Usage => usage(ctx, req).map(Answered::from),
         Endpoint::InjectedPanic => panic!("injected fault (SLUICE_TEST_PANIC=request)"),
@@ -360,8 +378,17 @@ fn snapshot(ctx: &Context, req: &Request, topic: &str) -> Result<Answer, ApiErro
 /// `[cluster]` the update goes to the log first and is answered once
 /// stored; a retry with the same `Idempotency-Key` within the stream's
 /// duplicate window is stored once and answered with the same id.
-fn publish(ctx: &Context, req: &Request, topic: &str, body: Vec<u8>) -> Result<Answered, ApiError> {
-    let (topic, key) = publish_target(ctx, req, topic)?;
+fn publish(
+    ctx: &Context,
+    req: &Request,
+    topic: &str,
+    target: Option<PublishTarget>,
+    body: Vec<u8>,
+) -> Result<Answered, ApiError> {
+    let (topic, key) = match target {
+        Some(t) => t,
+        None => publish_target(ctx, req, topic)?,
+    };
     let ndjson = req.header("content-type").is_some_and(|c| {
         c.starts_with("application/x-ndjson") || c.starts_with("application/ndjson")
     });
