@@ -17,7 +17,9 @@ use monoio::net::TcpStream;
 
 use crate::metrics;
 use crate::server::access;
-use crate::server::http::admission::{Admitted, admit_post, admit_stream, stream_target};
+use crate::server::http::admission::{
+    Admitted, PostAdmitted, admit_post, admit_stream, stream_target,
+};
 use crate::server::http::api::{Reply, route, stored};
 use crate::server::http::chunked::{ChunkedDecoder, Progress};
 use crate::server::http::error::{ApiError, ErrorKind};
@@ -65,7 +67,8 @@ pub async fn serve(
     loop {
         let ctx = ctxs.current(); // for the deadlines only
         let header_timeout = Duration::from_secs(ctx.settings.header_timeout_s.into());
-        // Read one request head.
+        // Read one request head. The clock is read once per request (a
+        // publish whose head comes in one read reads it nowhere else here).
         let mut deadline = Instant::now()
             + if first || !buf.is_empty() {
                 header_timeout
@@ -73,6 +76,7 @@ pub async fn serve(
                 Duration::from_secs(ctx.settings.keepalive_timeout_s.into())
             };
         first = false;
+        let mut idle = buf.is_empty();
         let req = loop {
             match parse::parse(&buf) {
                 Ok(Some(req)) => break req,
@@ -84,16 +88,17 @@ pub async fn serve(
                     return;
                 }
             }
-            let idle = buf.is_empty();
-            let left = deadline.saturating_duration_since(Instant::now());
-            match monoio::time::timeout(left, read_more(&mut stream, buf, MAX_HEAD_BYTES)).await {
+            if idle && !buf.is_empty() {
+                // The first bytes of a request on a kept-alive connection
+                // came and its head is not whole: from them, it has
+                // `header_timeout_s`.
+                deadline = deadline.min(Instant::now() + header_timeout);
+                idle = false;
+            }
+            let read = read_more(&mut stream, buf, MAX_HEAD_BYTES);
+            match monoio::time::timeout_at(deadline.into(), read).await {
                 Ok(Some(b)) => buf = b,
                 Ok(None) | Err(_) => return,
-            }
-            if idle {
-                // The first byte of a request on a kept-alive connection:
-                // the head now has `header_timeout_s`.
-                deadline = deadline.min(Instant::now() + header_timeout);
             }
         };
         // The request is served with the context current now, after its
@@ -132,6 +137,7 @@ pub async fn serve(
             return;
         }
 
+        let mut target = None;
         let body = if req.method == Method::Post {
             // Authenticate and admit before a byte of the body is read.
             match admit_post(&ctx, &req) {
@@ -139,16 +145,17 @@ pub async fn serve(
                     send_error(&ctx, &mut stream, Some(&req), &e).await;
                     return;
                 }
-                Ok(false) => {
+                Ok(PostAdmitted::NoBody) => {
                     // Not an endpoint that takes a body: answer (404 or 405)
                     // without reading it, and close.
-                    if let Reply::Now(out, body) = route(&ctx, &req, Vec::new(), false) {
+                    if let Reply::Now(out, body) = route(&ctx, &req, Vec::new(), None, false) {
                         let _ = write_response(&mut stream, out, body).await;
                     }
                     close_gracefully(&mut stream).await;
                     return;
                 }
-                Ok(true) => {}
+                Ok(PostAdmitted::Token) => {}
+                Ok(PostAdmitted::Publish(topic, key)) => target = Some((topic, key)),
             }
             if req.expect_continue
                 && req.has_body()
@@ -174,7 +181,7 @@ pub async fn serve(
             buf.drain(..req.head_len);
             Vec::new()
         };
-        let (out, body) = match route(&ctx, &req, body, keep_alive) {
+        let (out, body) = match route(&ctx, &req, body, target, keep_alive) {
             Reply::Now(out, body) => (out, body),
             // `[cluster]`: the 202 waits for JetStream to store the update.
             Reply::Stored(s) => (stored(&ctx, &req, s.wait().await, keep_alive), Bytes::new()),
