@@ -4,8 +4,9 @@
 //!
 //! Hot paths never look a metric up: each worker builds its handles
 //! ([`WorkerCounters`]) once, counts in plain `Cell`s and flushes them once
-//! a second on its tick; the fan-out records its two histograms once per
-//! frame per cadence, never per connection. Names follow
+//! a second on its tick; the fan-out adds to its two histograms once per
+//! frame per cadence, never per connection, in cells of its own as well
+//! (`frames`, which writes those two families). Names follow
 //! `sluice_<area>_<what>_<unit>`; counters end in `_total`. Every family has
 //! HELP and TYPE. Labels are bounded: tier and source names
 //! from the config, status codes, close reasons, worker ids; never a topic,
@@ -16,14 +17,13 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{
-    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
-};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Settings;
 use crate::server::access::CloseReason;
+
+mod frames;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Unix time (s) when the recorder was installed, as the server started:
@@ -50,19 +50,7 @@ pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 pub fn install() {
     STARTED.get_or_init(|| crate::time::unix_millis() as f64 / 1000.0);
     HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("sluice_sse_publish_latency_seconds".into()),
-                LATENCY_BUCKETS,
-            )
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full("sluice_sse_frame_bytes".into()),
-                    FRAME_BYTES_BUCKETS,
-                )
-            })
-            .expect("the bucket lists are not empty");
-        let handle = builder
+        let handle = PrometheusBuilder::new()
             .install_recorder()
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle());
         describe();
@@ -123,16 +111,8 @@ fn describe() {
         Unit::Bytes,
         "Bytes written to SSE streams (heads, frames, heartbeats)."
     );
-    describe_histogram!(
-        "sluice_sse_publish_latency_seconds",
-        Unit::Seconds,
-        "Seconds from a frame's publish (coalesced tiers: its tick) to its fan-out onto a worker's streams, by tier; once per frame per worker."
-    );
-    describe_histogram!(
-        "sluice_sse_frame_bytes",
-        Unit::Bytes,
-        "Size of the update frames fanned out, by tier; once per frame per worker."
-    );
+    // sluice_sse_publish_latency_seconds and sluice_sse_frame_bytes: in
+    // `frames`, which writes their HELP and TYPE.
     describe_counter!(
         "sluice_ring_lag_resyncs_total",
         "Times a worker fell a whole ring behind and resent initial states."
@@ -157,6 +137,7 @@ fn describe() {
 /// The Prometheus text of every metric.
 pub fn render() -> String {
     let mut out = HANDLE.get().map(|h| h.render()).unwrap_or_default();
+    frames::render(&mut out);
     render_process(&mut out);
     out
 }
@@ -235,8 +216,8 @@ struct TierCounters {
     streams_h: Counter,
     open_h: Gauge,
     closes_h: [Counter; CloseReason::ALL.len()],
-    latency_h: Histogram,
-    bytes_h: Histogram,
+    /// `sluice_sse_publish_latency_seconds` and `sluice_sse_frame_bytes`.
+    hists: frames::Local,
 }
 
 impl TierCounters {
@@ -252,8 +233,7 @@ impl TierCounters {
             closes_h: CloseReason::ALL.map(|r| {
                 counter!("sluice_sse_stream_closes_total", "tier" => t.clone(), "reason" => r.as_str())
             }),
-            latency_h: histogram!("sluice_sse_publish_latency_seconds", "tier" => t.clone()),
-            bytes_h: histogram!("sluice_sse_frame_bytes", "tier" => t),
+            hists: frames::Local::new(&t),
         }
     }
 
@@ -269,6 +249,7 @@ impl TierCounters {
         }
         self.open_h.increment(opened as f64);
         self.open_h.decrement(closed as f64);
+        self.hists.flush();
     }
 }
 
@@ -336,9 +317,7 @@ impl WorkerCounters {
             return;
         };
         for &t in tiers.iter() {
-            let t = &self.tiers[t];
-            t.latency_h.record(latency_ms as f64 / 1000.0);
-            t.bytes_h.record(bytes as f64);
+            self.tiers[t].hists.record(latency_ms, bytes);
         }
     }
 
