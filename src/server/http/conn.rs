@@ -64,6 +64,7 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_READ_BYTES);
     let mut first = true;
+    let mut spare = parse::Spare::default();
     loop {
         let ctx = ctxs.current(); // for the deadlines only
         let header_timeout = Duration::from_secs(ctx.settings.header_timeout_s.into());
@@ -78,7 +79,7 @@ pub async fn serve(
         first = false;
         let mut idle = buf.is_empty();
         let req = loop {
-            match parse::parse(&buf) {
+            match parse::parse_reusing(&buf, &mut spare) {
                 Ok(Some(req)) => break req,
                 Ok(None) => {}
                 Err(e) => {
@@ -189,6 +190,7 @@ pub async fn serve(
         if !write_response(&mut stream, out, body).await || !keep_alive {
             return;
         }
+        spare = req.recycle();
     }
 }
 
