@@ -15,7 +15,6 @@
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -41,12 +40,10 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const FRAME_BYTES_BUCKETS: &[f64] = &[
     128.0, 512.0, 2048.0, 8192.0, 32768.0, 131072.0, 524288.0, 2097152.0, 8388608.0,
 ];
-/// How often histogram samples are folded into their buckets when nobody
-/// scrapes (they would pile up otherwise).
-pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Installs the global recorder and describes every family (once per
-/// process; later calls do nothing).
+/// process; later calls do nothing). The recorder holds no histogram (the
+/// two there are, `frames` counts), so nothing needs its upkeep thread.
 pub fn install() {
     STARTED.get_or_init(|| crate::time::unix_millis() as f64 / 1000.0);
     HANDLE.get_or_init(|| {
@@ -58,15 +55,6 @@ pub fn install() {
         for result in ["ok", "error"] {
             counter!("sluice_reloads_total", "result" => result).increment(0);
         }
-        let upkeep = handle.clone();
-        let _ = std::thread::Builder::new()
-            .name("sluice-metrics".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(UPKEEP_EVERY);
-                    upkeep.run_upkeep();
-                }
-            });
         handle
     });
 }
